@@ -1,0 +1,9 @@
+"""tri_panet: fused pyramid attention (PANet) with Triton, and small restoration models.
+
+The functional op is :func:`pyramid_attention`; the block is :class:`tri_panet.nn.PyramidAttention`.
+"""
+
+from .functional import available_backends, pyramid_attention, register_backend
+
+__version__ = "0.1.0"
+__all__ = ["pyramid_attention", "available_backends", "register_backend", "__version__"]
