@@ -1,0 +1,105 @@
+"""The memory-efficient torch backend against the naive reference, forward and backward."""
+
+import pytest
+import torch
+
+from op_inputs import cast, make_inputs, pyramid_sizes
+from tri_panet import pyramid_attention
+from tri_panet.reference import pyramid_attention_reference
+from tri_panet.torch_backend import pyramid_attention_torch, query_tile_size
+
+CASES = [
+    # (batch, cq, cv, query size, level sizes, patch size)
+    (1, 1, 1, (1, 1), [(1, 1)], 3),
+    (2, 5, 3, (7, 11), pyramid_sizes(7, 11), 3),
+    (1, 3, 7, (13, 5), [(13, 5), (17, 9)], 3),  # a level larger than the query map
+    (3, 4, 2, (5, 5), [(5, 5), (3, 3), (2, 2), (1, 1), (4, 6), (6, 4)], 1),
+    (2, 6, 5, (6, 7), [(6, 7), (5, 6)], 5),
+]
+
+
+@pytest.mark.parametrize("tile_bytes", [None, 1])  # default budget, and one query row per tile
+@pytest.mark.parametrize("batch, cq, cv, query_size, level_sizes, patch_size", CASES)
+def test_forward_matches_reference_float32(batch, cq, cv, query_size, level_sizes, patch_size, tile_bytes):
+    query, keys, values = make_inputs(batch, cq, cv, query_size, level_sizes)
+    expected = pyramid_attention_reference(*cast((query, keys, values), torch.float64), patch_size=patch_size)
+    got = pyramid_attention_torch(query, keys, values, patch_size=patch_size, tile_bytes=tile_bytes)
+    assert got.dtype == torch.float32 and got.shape == expected.shape
+    torch.testing.assert_close(got.double(), expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype, rel_tol", [(torch.float16, 2e-3), (torch.bfloat16, 5e-2)])
+def test_forward_half_precision(dtype, rel_tol):
+    # bf16 scores carry 8 mantissa bits, so bf16 attention weights are a few percent off.
+    query, keys, values = make_inputs(2, 8, 6, (9, 10), pyramid_sizes(9, 10))
+    expected = pyramid_attention_reference(*cast((query, keys, values), torch.float64))
+    got = pyramid_attention_torch(*cast((query, keys, values), dtype))
+    assert got.dtype == dtype
+    err = (got.double() - expected).abs().max().item() / expected.abs().max().item()
+    assert err <= rel_tol
+
+
+def test_gradcheck_float64():
+    query, keys, values = make_inputs(2, 3, 2, (4, 5), [(4, 5), (3, 4), (2, 2)], dtype=torch.float64,
+                                      requires_grad=True)
+
+    def op(q, *levels):
+        return pyramid_attention_torch(q, levels[:3], levels[3:], softmax_scale=2.0, tile_bytes=8 * 25 * 7)
+
+    assert torch.autograd.gradcheck(op, (query, *keys, *values))
+
+
+@pytest.mark.parametrize("batch, cq, cv, query_size, level_sizes, patch_size", CASES)
+def test_gradients_match_reference_float32(batch, cq, cv, query_size, level_sizes, patch_size):
+    inputs = make_inputs(batch, cq, cv, query_size, level_sizes, requires_grad=True)
+    ref_inputs = [t.detach().double().requires_grad_() for t in (inputs[0], *inputs[1], *inputs[2])]
+    n = len(level_sizes)
+    grad_out = torch.randn(batch, cv, *query_size, generator=torch.Generator().manual_seed(1))
+
+    out = pyramid_attention_torch(inputs[0], inputs[1], inputs[2], patch_size=patch_size, tile_bytes=1000)
+    got = torch.autograd.grad(out, (inputs[0], *inputs[1], *inputs[2]), grad_out)
+    ref = pyramid_attention_reference(ref_inputs[0], ref_inputs[1 : 1 + n], ref_inputs[1 + n :], patch_size=patch_size)
+    expected = torch.autograd.grad(ref, ref_inputs, grad_out.double())
+    for g, e in zip(got, expected):
+        assert g.dtype == torch.float32
+        torch.testing.assert_close(g.double(), e, rtol=1e-4, atol=1e-4 * max(1.0, e.abs().max().item()))
+
+
+def test_gradients_half_precision():
+    inputs = make_inputs(1, 4, 3, (6, 6), pyramid_sizes(6, 6), dtype=torch.float16, requires_grad=True)
+    flat = (inputs[0], *inputs[1], *inputs[2])
+    out = pyramid_attention_torch(*inputs)
+    got = torch.autograd.grad(out.float().square().sum(), flat)
+    ref_flat = [t.detach().double().requires_grad_() for t in flat]
+    ref = pyramid_attention_reference(ref_flat[0], ref_flat[1:6], ref_flat[6:])
+    expected = torch.autograd.grad(ref.square().sum(), ref_flat)
+    for g, e in zip(got, expected):
+        assert g.dtype == torch.float16
+        torch.testing.assert_close(g.double(), e, rtol=0, atol=2e-2 * e.abs().max().item())
+
+
+def test_key_floor_blocks_norm_gradient():
+    # Keys far below the floor: k_hat = k / eps is linear in k, so the gradient is exactly
+    # the linear map's, with no contribution from the norm.
+    query, keys, values = make_inputs(1, 2, 2, (3, 3), [(3, 3)], dtype=torch.float64)
+    keys = [(1e-7 * keys[0]).requires_grad_()]
+    ref_keys = [keys[0].detach().clone().requires_grad_()]
+    pyramid_attention_torch(query, keys, values, key_eps=1e-4).sum().backward()
+    pyramid_attention_reference(query, ref_keys, values, key_eps=1e-4).sum().backward()
+    torch.testing.assert_close(keys[0].grad, ref_keys[0].grad)
+
+
+def test_query_tile_size_respects_budget():
+    assert query_tile_size(1000, 100, 1, 4, 4000) == 10
+    assert query_tile_size(1000, 100, 2, 4, 4000) == 5
+    assert query_tile_size(1000, 100, 1, 4, 1) == 1  # never zero rows
+    assert query_tile_size(7, 100, 1, 4, 10**9) == 7  # never more rows than queries
+
+
+def test_functional_op_dispatches_to_torch_and_reference():
+    query, keys, values = make_inputs(1, 3, 2, (5, 4), pyramid_sizes(5, 4))
+    a = pyramid_attention(query, keys, values, backend="torch")
+    b = pyramid_attention(query, keys, values, backend="reference")
+    c = pyramid_attention(query, keys, values)  # auto on CPU -> torch
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    torch.testing.assert_close(a, c, rtol=0, atol=0)
