@@ -1,0 +1,156 @@
+"""Tiny pyramid-attention models for training and fine-tuning on modest hardware.
+
+Same layout as PANet (``head`` / ``body`` with ResBlocks around one PyramidAttention and a
+closing conv / long skip / ``tail``), much smaller (default 32 features, 8 ResBlocks: 4
+before the attention, 4 after, the official 5-level pyramid, reduction 2), plus a global
+residual so that the network only learns the correction:
+
+- ``TinyPANet`` (denoise / JPEG / demosaic): ``y = x + net(x)``.
+- ``TinySR``: ``y = bicubic_up(x) + net(x)`` with a pixel-shuffle ``Upsampler`` in the tail.
+
+The last conv is zero-initialised, so an untrained model is the identity (or bicubic
+upsampling): training starts from the classical baseline rather than from noise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..nn import DEFAULT_SCALES, PyramidAttention
+from .common import ResBlock, Upsampler, check_image_batch, check_int, default_conv, model_config
+
+
+def _body(n_feats: int, n_resblocks: int, reduction: int, scales, recompute_scale_factor: bool, backend: str) -> nn.Sequential:
+    """ResBlocks (ReLU) / PyramidAttention / ResBlocks / conv3x3, PANet's body layout."""
+    check_int("n_feats", n_feats)
+    check_int("n_resblocks", n_resblocks, minimum=0)
+    if n_resblocks % 2:
+        raise ValueError(f"n_resblocks must be even (half before, half after the attention), got {n_resblocks}")
+    half = n_resblocks // 2
+    blocks: list[nn.Module] = [ResBlock(default_conv, n_feats, 3) for _ in range(half)]
+    blocks.append(
+        PyramidAttention(
+            channels=n_feats,
+            reduction=reduction,
+            scales=scales,
+            recompute_scale_factor=recompute_scale_factor,
+            backend=backend,
+        )
+    )
+    blocks += [ResBlock(default_conv, n_feats, 3) for _ in range(half)]
+    blocks.append(default_conv(n_feats, n_feats, 3))
+    return nn.Sequential(*blocks)
+
+
+def _zero_(conv: nn.Conv2d) -> None:
+    nn.init.zeros_(conv.weight)
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)
+
+
+class TinyPANet(nn.Module):
+    """Tiny restoration model: x [B, n_colors, H, W] -> x + net(x), same shape.
+
+    Args:
+        n_colors: 3 (colour) or 1 (Y / gray).
+        n_feats: feature channels (default 32).
+        n_resblocks: even number of ResBlocks around the attention (default 8).
+        reduction: attention channel reduction (default 2).
+        scales, recompute_scale_factor: attention pyramid (default: the official 5 levels).
+        backend: attention backend.
+    """
+
+    def __init__(
+        self,
+        n_colors: int = 3,
+        n_feats: int = 32,
+        n_resblocks: int = 8,
+        reduction: int = 2,
+        scales: Sequence[float] = DEFAULT_SCALES,
+        recompute_scale_factor: bool = True,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        check_int("n_colors", n_colors)
+        self.n_colors = n_colors
+        self.scale = 1
+        self.multiple = 1
+        self.config = model_config(
+            n_colors=n_colors,
+            n_feats=n_feats,
+            n_resblocks=n_resblocks,
+            reduction=reduction,
+            scales=tuple(float(s) for s in scales),
+            recompute_scale_factor=bool(recompute_scale_factor),
+        )
+        self.head = nn.Sequential(default_conv(n_colors, n_feats, 3))
+        self.body = _body(n_feats, n_resblocks, reduction, scales, recompute_scale_factor, backend)
+        self.tail = nn.Sequential(default_conv(n_feats, n_colors, 3))
+        _zero_(self.tail[0])
+        self._attention_index = n_resblocks // 2
+
+    @property
+    def attention(self) -> PyramidAttention:
+        """The pyramid attention block."""
+        return self.body[self._attention_index]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, n_colors, H, W] -> [B, n_colors, H, W]."""
+        check_image_batch(x, self.n_colors)
+        h = self.head(x)
+        return x + self.tail(self.body(h) + h)
+
+
+class TinySR(nn.Module):
+    """Tiny super-resolution model: x [B, n_colors, H, W] -> [B, n_colors, H*scale, W*scale].
+
+    ``y = bicubic(x, scale) + tail(body(head(x)) + head(x))`` with ``tail`` = Upsampler
+    (conv + PixelShuffle) then conv3x3 n_feats -> n_colors.
+    """
+
+    def __init__(
+        self,
+        scale: int = 2,
+        n_colors: int = 3,
+        n_feats: int = 32,
+        n_resblocks: int = 8,
+        reduction: int = 2,
+        scales: Sequence[float] = DEFAULT_SCALES,
+        recompute_scale_factor: bool = True,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        check_int("n_colors", n_colors)
+        self.n_colors = n_colors
+        self.scale = scale
+        self.multiple = 1
+        self.config = model_config(
+            scale=scale,
+            n_colors=n_colors,
+            n_feats=n_feats,
+            n_resblocks=n_resblocks,
+            reduction=reduction,
+            scales=tuple(float(s) for s in scales),
+            recompute_scale_factor=bool(recompute_scale_factor),
+        )
+        self.head = nn.Sequential(default_conv(n_colors, n_feats, 3))
+        self.body = _body(n_feats, n_resblocks, reduction, scales, recompute_scale_factor, backend)
+        self.tail = nn.Sequential(Upsampler(default_conv, scale, n_feats), default_conv(n_feats, n_colors, 3))
+        _zero_(self.tail[1])
+        self._attention_index = n_resblocks // 2
+
+    @property
+    def attention(self) -> PyramidAttention:
+        """The pyramid attention block."""
+        return self.body[self._attention_index]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, n_colors, H, W] -> [B, n_colors, H*scale, W*scale]."""
+        check_image_batch(x, self.n_colors)
+        h = self.head(x)
+        skip = F.interpolate(x, scale_factor=self.scale, mode="bicubic", align_corners=False)
+        return skip + self.tail(self.body(h) + h)
