@@ -29,7 +29,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
+
+from .library import pyramid_attention_op, register_implementation
 
 #: Bytes that the [rows, W, keys] scratch tiles may take together. Each tile recomputes
 #: k - 1 halo rows, so a few rows per tile pay off: at 96 x 96 (PANet config, one thread of
@@ -306,23 +307,7 @@ def tiled_backward(
     )
 
 
-class _TiledPyramidAttention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, query, options, n_levels, *levels):
-        out, lse = tiled_forward(query, levels[:n_levels], levels[n_levels:], **options)
-        ctx.save_for_backward(query, lse, *levels)
-        ctx.options, ctx.n_levels = options, n_levels
-        return out
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out):
-        query, lse, *levels = ctx.saved_tensors
-        n = ctx.n_levels
-        grad_query, grad_keys, grad_values = tiled_backward(
-            grad_out, query, levels[:n], levels[n:], lse, **ctx.options
-        )
-        return grad_query, None, None, *grad_keys, *grad_values
+register_implementation("torch", tiled_forward, tiled_backward)
 
 
 def pyramid_attention_torch(
@@ -342,11 +327,14 @@ def pyramid_attention_torch(
     ``tile_bytes`` bounds the score tiles (default ``DEFAULT_TILE_BYTES``); at least one
     image row of queries is processed at a time whatever the budget.
     """
-    options = dict(
+    return pyramid_attention_op(
+        query,
+        keys,
+        values,
         patch_size=patch_size,
         softmax_scale=softmax_scale,
         key_eps=key_eps,
         fold_divisor=fold_divisor,
         tile_bytes=DEFAULT_TILE_BYTES if tile_bytes is None else int(tile_bytes),
+        implementation="torch",
     )
-    return _TiledPyramidAttention.apply(query, options, len(keys), *keys, *values)
