@@ -480,7 +480,7 @@ def matmul_flops(dtype: torch.dtype, n: int, device: str, min_repeats: int = 5, 
 @contextlib.contextmanager
 def _torch_tile_bytes(tile_bytes: int):
     """Temporarily let the torch backend use larger query tiles (the float64 oracle on a
-    GPU: the default 32 MiB budget makes tiny tiles, so a launch-bound Python loop)."""
+    GPU: the default budget makes few-row tiles, so a launch-bound Python loop)."""
     saved = torch_backend.DEFAULT_TILE_BYTES
     torch_backend.DEFAULT_TILE_BYTES = tile_bytes
     try:
