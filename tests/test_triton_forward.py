@@ -1,0 +1,143 @@
+"""The triton backend's forward against the naive reference (Triton interpreter on CPU).
+
+tests/conftest.py sets TRITON_INTERPRET=1 when there is no GPU, so these run the real
+kernels through Triton's interpreter. Every program instance costs ~1 ms there: sizes stay
+tiny but ragged (not multiples of the blocks), and cover 1-5 levels, levels larger than the
+query map, patch sizes 1/3/5, odd channel counts and batch 2.
+"""
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from tri_panet import pyramid_attention  # noqa: E402
+from tri_panet.functional import available_backends, resolve_backend  # noqa: E402
+from tri_panet.reference import pyramid_attention_reference  # noqa: E402
+from tri_panet.torch_backend import tiled_forward  # noqa: E402
+from tri_panet import triton_backend as tb  # noqa: E402
+
+needs_interpreter = pytest.mark.skipif(not tb.interpreting(), reason="needs TRITON_INTERPRET=1 (CPU tests)")
+
+OPTS = dict(softmax_scale=10.0, key_eps=1e-4, fold_divisor=4.0)
+
+
+def make_inputs(batch, cq, cv, size, level_sizes, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    query = torch.randn(batch, cq, *size, generator=g).to(dtype)
+    keys = [torch.randn(batch, cq, h, w, generator=g).to(dtype) for h, w in level_sizes]
+    values = [torch.randn(batch, cv, h, w, generator=g).to(dtype) for h, w in level_sizes]
+    return query, keys, values
+
+
+def reference_lse(query, keys, values, patch_size, **opts):
+    _, lse = tiled_forward(
+        query.double(), [k.double() for k in keys], [v.double() for v in values],
+        patch_size=patch_size, tile_bytes=2**20, **opts,
+    )
+    return lse
+
+
+# (batch, Cq, Cv, query size, level sizes, patch size)
+CASES = [
+    pytest.param(2, 5, 3, (5, 7), [(5, 7), (4, 6)], 3, id="b2-5x7-2lv-k3"),
+    pytest.param(1, 17, 17, (11, 13), [(11, 13), (13, 15), (8, 10)], 3, id="11x13-bigger-level-k3-2slices"),
+    pytest.param(1, 3, 5, (1, 1), [(1, 1), (3, 2)], 5, id="1x1-k5"),
+    pytest.param(2, 16, 33, (6, 6), [(6, 6)], 1, id="b2-1lv-k1"),
+    pytest.param(1, 8, 4, (9, 10), [(9, 10), (8, 9), (7, 8), (6, 7), (5, 6)], 3, id="5lv-k3"),
+    pytest.param(1, 4, 6, (6, 5), [(7, 6), (3, 3)], 5, id="k5-bigger-level"),
+]
+
+
+@needs_interpreter
+@pytest.mark.parametrize("batch, cq, cv, size, levels, k", CASES)
+def test_forward_fp32_matches_reference(batch, cq, cv, size, levels, k):
+    q, ks, vs = make_inputs(batch, cq, cv, size, levels)
+    out, lse = tb.triton_forward(q, ks, vs, patch_size=k, **OPTS)
+    ref = pyramid_attention_reference(q.double(), [x.double() for x in ks], [x.double() for x in vs], patch_size=k, **OPTS)
+    assert out.dtype == torch.float32 and out.shape == (batch, cv, *size)
+    assert (out.double() - ref).abs().max().item() <= 1e-4
+    # the saved statistics follow tiled_forward's convention exactly (natural log)
+    assert lse.dtype == torch.float32 and lse.shape == (batch, size[0] * size[1])
+    torch.testing.assert_close(lse.double(), reference_lse(q, ks, vs, k, **OPTS), atol=1e-4, rtol=1e-6)
+
+
+@needs_interpreter
+@pytest.mark.parametrize(
+    "batch, cq, cv, size, levels, k",
+    [
+        pytest.param(2, 5, 3, (5, 7), [(5, 7), (4, 6)], 3, id="b2-5x7"),
+        pytest.param(1, 17, 20, (7, 9), [(7, 9), (9, 11), (4, 5)], 3, id="7x9-3lv"),
+        pytest.param(1, 3, 5, (3, 4), [(3, 4)], 5, id="k5"),
+    ],
+)
+def test_forward_fp16_within_tolerance(batch, cq, cv, size, levels, k):
+    q, ks, vs = make_inputs(batch, cq, cv, size, levels, dtype=torch.float16, seed=1)
+    out = tb.pyramid_attention_triton(q, ks, vs, patch_size=k, **OPTS)
+    ref = pyramid_attention_reference(q.float(), [x.float() for x in ks], [x.float() for x in vs], patch_size=k, **OPTS)
+    assert out.dtype == torch.float16
+    assert (out.float() - ref).abs().max().item() <= 2e-2 * ref.abs().max().item()
+
+
+@needs_interpreter
+def test_small_blocks_many_programs(monkeypatch):
+    """16 x 16 blocks: several query programs meet in the atomic fold, several ragged key blocks per level."""
+    monkeypatch.setattr(tb, "INTERPRET_CONFIG", (16, 16, 4, 1))
+    q, ks, vs = make_inputs(2, 6, 7, (5, 7), [(5, 7), (4, 5)], seed=2)
+    out, lse = tb.triton_forward(q, ks, vs, patch_size=3, **OPTS)
+    ref = pyramid_attention_reference(q, ks, vs, patch_size=3, **OPTS)
+    assert (out - ref).abs().max().item() <= 1e-4
+    torch.testing.assert_close(lse.double(), reference_lse(q, ks, vs, 3, **OPTS), atol=1e-4, rtol=1e-6)
+
+
+@needs_interpreter
+def test_options_and_key_norm_floor():
+    """Other scale/eps/divisor, all-zero key patches (norm floor) and non-contiguous inputs."""
+    q, ks, vs = make_inputs(1, 5, 3, (6, 5), [(6, 5), (4, 4)], seed=3)
+    ks[0][..., :3, :] = 0.0  # whole key patches of zeros: their norm is floored at key_eps
+    ks[1] = ks[1] * 1e-6  # tiny keys: the floor is active, the scores stay tiny
+    q = q.to(memory_format=torch.channels_last)
+    opts = dict(softmax_scale=3.0, key_eps=1e-3, fold_divisor=2.5)
+    out = tb.pyramid_attention_triton(q, ks, vs, patch_size=3, **opts)
+    ref = pyramid_attention_reference(q, ks, vs, patch_size=3, **opts)
+    assert (out - ref).abs().max().item() <= 1e-4
+
+
+@needs_interpreter
+def test_public_api_and_dispatch():
+    assert "triton" in available_backends()
+    q, ks, vs = make_inputs(1, 4, 3, (4, 5), [(4, 5), (3, 4)], seed=4)
+    out = pyramid_attention(q, ks, vs, patch_size=3, backend="triton")
+    ref = pyramid_attention(q, ks, vs, patch_size=3, backend="torch")
+    assert (out - ref).abs().max().item() <= 1e-4
+    assert resolve_backend("auto", q) == "torch"  # "auto" never picks triton for CPU tensors
+
+
+@needs_interpreter
+def test_float64_falls_back_to_torch():
+    q, ks, vs = make_inputs(1, 3, 2, (3, 4), [(3, 4)], dtype=torch.float64, seed=5)
+    out = tb.pyramid_attention_triton(q, ks, vs, patch_size=3, **OPTS)
+    ref = pyramid_attention_reference(q, ks, vs, patch_size=3, **OPTS)
+    assert out.dtype == torch.float64
+    assert (out - ref).abs().max().item() <= 1e-10
+
+
+def test_cpu_tensors_refused_without_interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    q, ks, vs = make_inputs(1, 3, 2, (3, 4), [(3, 4)])
+    with pytest.raises(ValueError, match="CUDA"):
+        pyramid_attention(q, ks, vs, backend="triton")
+
+
+def test_value_split_heuristic():
+    # PANet (Cv = 64, 3x3): 2 slices of 32 channels on sm90 fp16, 4 of 16 on sm80
+    assert tb.value_block(64, 3, tb.VALUE_COLUMNS["sm90"][2]) == 32
+    assert tb.value_block(64, 3, tb.VALUE_COLUMNS["sm80"][2]) == 16
+    # PA-EDSR (Cv = 256): split, never wider than the cap; odd channels pad to >= 16
+    assert 9 * tb.value_block(256, 3, 288) <= 288
+    assert tb.value_block(3, 3, 144) == 16
+    assert tb.value_block(17, 1, 144) == 32
+    assert tb.value_block(64, 5, 144) == 16  # never below 16 (tl.dot needs it)
+    assert tb.padded_channels(17) == 32 and tb.padded_channels(5) == 16 and tb.padded_channels(64) == 64
+    for fam in tb.FAMILIES:
+        assert tb.GPU_CONFIGS[fam] and tb.VALUE_COLUMNS[fam]
