@@ -115,7 +115,7 @@ def test_backward_without_saved_output_matches():
     """triton_backward rebuilds the unfolded output when it is not given (library use)."""
     q, ks, vs = make_inputs(1, 4, 3, (4, 5), [(4, 5), (3, 3)], seed=6)
     grad_out = torch.randn(1, 3, 4, 5, generator=torch.Generator().manual_seed(11))
-    _, lse = tb.triton_forward(q, ks, vs, patch_size=3, **OPTS)
+    _, lse, _ = tb.triton_forward(q, ks, vs, patch_size=3, **OPTS)
     dq, dks, dvs = tb.triton_backward(grad_out, q, ks, vs, lse, patch_size=3, **OPTS)
     ref = gradients(tb.pyramid_attention_triton, q, ks, vs, grad_out, patch_size=3, **OPTS)
     for a, b in zip([dq, *dks, *dvs], [ref[1], *ref[2], *ref[3]]):

@@ -53,7 +53,7 @@ CASES = [
 @pytest.mark.parametrize("batch, cq, cv, size, levels, k", CASES)
 def test_forward_fp32_matches_reference(batch, cq, cv, size, levels, k):
     q, ks, vs = make_inputs(batch, cq, cv, size, levels)
-    out, lse = tb.triton_forward(q, ks, vs, patch_size=k, **OPTS)
+    out, lse, _ = tb.triton_forward(q, ks, vs, patch_size=k, **OPTS)
     ref = pyramid_attention_reference(q.double(), [x.double() for x in ks], [x.double() for x in vs], patch_size=k, **OPTS)
     assert out.dtype == torch.float32 and out.shape == (batch, cv, *size)
     assert (out.double() - ref).abs().max().item() <= 1e-4
@@ -84,7 +84,7 @@ def test_small_blocks_many_programs(monkeypatch):
     """16 x 16 blocks: several query programs meet in the atomic fold, several ragged key blocks per level."""
     monkeypatch.setattr(tb, "INTERPRET_CONFIG", (16, 16, 4, 1))
     q, ks, vs = make_inputs(2, 6, 7, (5, 7), [(5, 7), (4, 5)], seed=2)
-    out, lse = tb.triton_forward(q, ks, vs, patch_size=3, **OPTS)
+    out, lse, _ = tb.triton_forward(q, ks, vs, patch_size=3, **OPTS)
     ref = pyramid_attention_reference(q, ks, vs, patch_size=3, **OPTS)
     assert (out - ref).abs().max().item() <= 1e-4
     torch.testing.assert_close(lse.double(), reference_lse(q, ks, vs, 3, **OPTS), atol=1e-4, rtol=1e-6)

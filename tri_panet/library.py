@@ -20,18 +20,25 @@ import torch
 
 class Implementation(NamedTuple):
     """forward(query, keys, values, **options) -> (out, lse);
-    backward(grad_out, query, keys, values, lse, **options) -> (grad_query, grad_keys, grad_values)."""
+    backward(grad_out, query, keys, values, lse, **options) -> (grad_query, grad_keys, grad_values).
+
+    An implementation that keeps extra state for its backward (the Triton kernels keep the
+    unfolded attention output, FlashAttention's O) gives ``state_shape(query, values,
+    patch_size)``; its forward then also takes ``save_state: bool`` and returns
+    (out, lse, state), and its backward takes ``state=`` (an empty tensor when not saved).
+    """
 
     forward: Callable
     backward: Callable
+    state_shape: Callable | None = None
 
 
 _IMPLEMENTATIONS: dict[str, Implementation] = {}
 
 
-def register_implementation(name: str, forward: Callable, backward: Callable) -> None:
-    """Make ``name`` usable as the ``implementation`` of the custom ops."""
-    _IMPLEMENTATIONS[name] = Implementation(forward, backward)
+def register_implementation(name: str, forward: Callable, backward: Callable, state_shape: Callable | None = None):
+    """Make ``name`` usable as the ``implementation`` of the custom ops (see :class:`Implementation`)."""
+    _IMPLEMENTATIONS[name] = Implementation(forward, backward, state_shape)
 
 
 def _options(patch_size, softmax_scale, key_eps, fold_divisor, tile_bytes):
@@ -50,19 +57,32 @@ def pyramid_attention_forward(
     fold_divisor: float,
     tile_bytes: int,
     implementation: str,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(out [B, Cv, H, W], lse [B, H*W]) computed by the named implementation."""
+    save_state: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(out [B, Cv, H, W], lse [B, H*W], state) computed by the named implementation.
+
+    ``state`` is what the implementation keeps for its backward (empty if none or not saved).
+    """
     options = _options(patch_size, softmax_scale, key_eps, fold_divisor, tile_bytes)
-    out, lse = _IMPLEMENTATIONS[implementation].forward(query, keys, values, **options)
-    return out.contiguous(), lse.contiguous()
+    impl = _IMPLEMENTATIONS[implementation]
+    if impl.state_shape is None:
+        out, lse = impl.forward(query, keys, values, **options)
+        state = query.new_empty(0)
+    else:
+        out, lse, state = impl.forward(query, keys, values, save_state=save_state, **options)
+    return out.contiguous(), lse.contiguous(), state.contiguous()
 
 
 @pyramid_attention_forward.register_fake
-def _forward_fake(query, keys, values, patch_size, softmax_scale, key_eps, fold_divisor, tile_bytes, implementation):
+def _forward_fake(query, keys, values, patch_size, softmax_scale, key_eps, fold_divisor, tile_bytes, implementation,
+                  save_state):
     batch, _, height, width = query.shape
     out = query.new_empty(batch, values[0].shape[1], height, width)
     lse_dtype = torch.float64 if query.dtype == torch.float64 else torch.float32
-    return out, query.new_empty(batch, height * width, dtype=lse_dtype)
+    impl = _IMPLEMENTATIONS[implementation]
+    saves = impl.state_shape is not None and save_state
+    state = query.new_empty(impl.state_shape(query, values, patch_size) if saves else (0,))
+    return out, query.new_empty(batch, height * width, dtype=lse_dtype), state
 
 
 @torch.library.custom_op("tri_panet::pyramid_attention_backward", mutates_args=())
@@ -72,38 +92,41 @@ def pyramid_attention_backward(
     keys: list[torch.Tensor],
     values: list[torch.Tensor],
     lse: torch.Tensor,
+    state: torch.Tensor,
     patch_size: int,
     softmax_scale: float,
     key_eps: float,
     fold_divisor: float,
     tile_bytes: int,
     implementation: str,
+    save_state: bool,
 ) -> list[torch.Tensor]:
-    """[grad_query, *grad_keys, *grad_values] from the saved ``lse``."""
+    """[grad_query, *grad_keys, *grad_values] from the saved ``lse`` (and ``state``)."""
     options = _options(patch_size, softmax_scale, key_eps, fold_divisor, tile_bytes)
-    grad_query, grad_keys, grad_values = _IMPLEMENTATIONS[implementation].backward(
-        grad_out, query, keys, values, lse, **options
-    )
+    impl = _IMPLEMENTATIONS[implementation]
+    if impl.state_shape is not None:
+        options["state"] = state
+    grad_query, grad_keys, grad_values = impl.backward(grad_out, query, keys, values, lse, **options)
     # The compiler lays out later kernels from the fake's strides: both promise contiguous.
     return [g.contiguous() for g in (grad_query, *grad_keys, *grad_values)]
 
 
 @pyramid_attention_backward.register_fake
-def _backward_fake(grad_out, query, keys, values, lse, *options):
+def _backward_fake(grad_out, query, keys, values, lse, state, *options):
     return [query.new_empty(t.shape) for t in (query, *keys, *values)]
 
 
 def _setup_context(ctx, inputs, output):
     query, keys, values, *options = inputs
-    ctx.save_for_backward(query, output[1], *keys, *values)
+    ctx.save_for_backward(query, output[1], output[2], *keys, *values)
     ctx.n_levels, ctx.options = len(keys), options
 
 
-def _backward(ctx, grad_out, _grad_lse):
-    query, lse, *levels = ctx.saved_tensors
+def _backward(ctx, grad_out, _grad_lse, _grad_state):
+    query, lse, state, *levels = ctx.saved_tensors
     n = ctx.n_levels
     keys, values = list(levels[:n]), list(levels[n:])
-    grads = pyramid_attention_backward(grad_out.contiguous(), query, keys, values, lse, *ctx.options)
+    grads = pyramid_attention_backward(grad_out.contiguous(), query, keys, values, lse, state, *ctx.options)
     return (grads[0], grads[1 : 1 + n], grads[1 + n :], *([None] * len(ctx.options)))
 
 
@@ -113,7 +136,9 @@ pyramid_attention_forward.register_autograd(_backward, setup_context=_setup_cont
 def pyramid_attention_op(query, keys, values, *, patch_size, softmax_scale, key_eps, fold_divisor, tile_bytes,
                          implementation) -> torch.Tensor:
     """The op through the custom ops (differentiable, torch.compile-friendly): out [B, Cv, H, W]."""
-    out, _ = pyramid_attention_forward(
-        query, list(keys), list(values), patch_size, softmax_scale, key_eps, fold_divisor, tile_bytes, implementation
+    keys, values = list(keys), list(values)
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (query, *keys, *values))
+    out, _, _ = pyramid_attention_forward(
+        query, keys, values, patch_size, softmax_scale, key_eps, fold_divisor, tile_bytes, implementation, needs_grad
     )
     return out

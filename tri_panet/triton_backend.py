@@ -20,10 +20,10 @@ from typing import NamedTuple
 
 import torch
 import triton
-from torch.autograd.function import once_differentiable
 
 from .kernels.pyramid_bwd import delta_kernel, dk_kernel, dq_kernel, dv_kernel
 from .kernels.pyramid_fwd import key_norm_kernel, pyramid_fwd_kernel
+from .library import pyramid_attention_op, register_implementation
 from .torch_backend import pyramid_attention_torch
 
 LOG2E = 1.4426950408889634
@@ -277,16 +277,26 @@ def triton_forward(
     key_eps: float,
     fold_divisor: float,
     tile_bytes: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fused forward: (out [B, Cv, H, W] in query's dtype, lse [B, H*W] float32).
+    save_state: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fused forward: (out [B, Cv, H, W] in query's dtype, lse [B, H*W] float32, state).
 
     ``lse`` follows ``torch_backend.tiled_forward``: the natural-log sum over all keys of
-    exp(softmax_scale * <q, k_hat>), so either backward can consume it. ``tile_bytes`` is
-    accepted for interface compatibility with the torch implementation and ignored.
+    exp(softmax_scale * <q, k_hat>), so either backward can consume it. ``state`` is the
+    unfolded output [B, H*W, k*k, padded Cv] (FlashAttention's O) when ``save_state``, for
+    the backward; else empty. ``tile_bytes`` is accepted for interface compatibility and ignored.
     """
     pk = _prepare(query, keys, values, patch_size, key_eps)
-    out, lse, _ = _forward(pk, query, values[0].shape[1], patch_size, softmax_scale, key_eps, fold_divisor, False)
-    return out, lse
+    out, lse, o = _forward(
+        pk, query, values[0].shape[1], patch_size, softmax_scale, key_eps, fold_divisor, save_state
+    )
+    return out, lse, (o if save_state else query.new_empty(0))
+
+
+def state_shape(query: torch.Tensor, values: Sequence[torch.Tensor], patch_size: int) -> tuple[int, ...]:
+    """Shape of the saved unfolded output: [B, H*W, k*k, padded value channels]."""
+    batch, _, height, width = query.shape
+    return (batch, height * width, patch_size**2, padded_channels(values[0].shape[1]))
 
 
 def unpack_levels(buf: torch.Tensor, like: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -311,15 +321,16 @@ def triton_backward(
     softmax_scale: float,
     key_eps: float,
     fold_divisor: float,
-    o: torch.Tensor | None = None,
+    state: torch.Tensor | None = None,
     tile_bytes: int | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
     """Fused backward from the saved ``lse`` [B, H*W]: (grad_query, grad_keys, grad_values).
 
-    ``o`` is the forward's unfolded output ([B, H*W, k*k, CVP], kept by the autograd
-    Function); without it the forward kernel runs once more to rebuild it. Gradients are
-    accumulated in float32 and returned in the inputs' dtypes. ``tile_bytes`` is ignored.
+    ``state`` is the forward's unfolded output ([B, H*W, k*k, CVP]); when missing or empty
+    the forward kernel runs once more to rebuild it. Gradients are accumulated in float32
+    and returned in the inputs' dtypes. ``tile_bytes`` is ignored.
     """
+    o = state if state is not None and state.numel() else None
     pk = _prepare(query, keys, values, patch_size, key_eps)
     batch, cq, height, width = query.shape
     hw, n_keys = height * width, pk.k.shape[1]
@@ -372,26 +383,7 @@ def triton_backward(
     return grad_query, unpack_levels(dk, keys), unpack_levels(dv, values)
 
 
-class _TritonPyramidAttention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, query, options, n_levels, *levels):
-        keys, values = levels[:n_levels], levels[n_levels:]
-        store_o = any(ctx.needs_input_grad)  # the backward needs the unfolded output (FlashAttention's O)
-        pk = _prepare(query, keys, values, options["patch_size"], options["key_eps"])
-        out, lse, o = _forward(pk, query, values[0].shape[1], **options, store_o=store_o)
-        ctx.save_for_backward(query, lse, o, *levels)
-        ctx.options, ctx.n_levels = options, n_levels
-        return out
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out):
-        query, lse, o, *levels = ctx.saved_tensors
-        n = ctx.n_levels
-        grad_query, grad_keys, grad_values = triton_backward(
-            grad_out, query, levels[:n], levels[n:], lse, o=o, **ctx.options
-        )
-        return grad_query, None, None, *grad_keys, *grad_values
+register_implementation("triton", triton_forward, triton_backward, state_shape)
 
 
 def pyramid_attention_triton(
@@ -417,8 +409,10 @@ def pyramid_attention_triton(
             query, keys, values, patch_size=patch_size, softmax_scale=softmax_scale,
             key_eps=key_eps, fold_divisor=fold_divisor,
         )
-    options = dict(patch_size=patch_size, softmax_scale=softmax_scale, key_eps=key_eps, fold_divisor=fold_divisor)
-    return _TritonPyramidAttention.apply(query, options, len(keys), *keys, *values)
+    return pyramid_attention_op(
+        query, keys, values, patch_size=patch_size, softmax_scale=softmax_scale, key_eps=key_eps,
+        fold_divisor=fold_divisor, tile_bytes=0, implementation="triton",
+    )
 
 
 __all__ = ["pyramid_attention_triton", "triton_forward", "triton_backward"]
