@@ -33,7 +33,6 @@ import re
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -44,6 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from . import torch_backend
+from ._files import write_text_atomic
 from .functional import available_backends, pyramid_attention, register_backend
 from .nn import DEFAULT_SCALES, PyramidAttention, build_pyramid
 from .patches import extract_patches, paste_patches
@@ -545,18 +545,6 @@ def default_results_dir() -> Path:
     return (root if (root / "bench").is_dir() else Path.cwd()) / "bench" / "results"
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder + os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 # ---------------------------------------------------------------------------------------
@@ -827,8 +815,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sys.stdout.write(text)
     sys.stdout.flush()
     if out is not None:
-        write_text_atomic(out, text)
-        write_text_atomic(out.with_suffix(".json"), json.dumps(raw, indent=1) + "\n")
+        write_text_atomic(out, text, overwrite=False)
+        write_text_atomic(out.with_suffix(".json"), json.dumps(raw, indent=1) + "\n", overwrite=False)
         print(f"wrote {out} and {out.with_suffix('.json')}", file=sys.stderr)
     return 0
 

@@ -8,12 +8,13 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .._files import atomic_write
 
 __all__ = ["IMAGE_EXTENSIONS", "list_images", "load_image", "read_image_array", "save_image"]
 
@@ -131,33 +132,9 @@ def save_image(
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise FileNotFoundError(f"cannot write {str(path)!r}: folder {str(parent)!r} does not exist")
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{str(path)!r} exists; pass overwrite=True to replace it")
     pil = Image.fromarray(arr[..., 0], mode="L") if arr.shape[2] == 1 else Image.fromarray(arr, mode="RGB")
     options = {"quality": int(quality)} if fmt in ("JPEG", "WEBP") else {}
-    fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pil.save(f, format=fmt, **options)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; give the image ordinary permissions
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            # link() fails if the name appeared meanwhile, so an existing file is never
-            # replaced even by a concurrent writer; fall back where links are unsupported.
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                raise FileExistsError(f"{str(path)!r} exists; pass overwrite=True to replace it") from None
-            except OSError:
-                if path.exists():
-                    raise FileExistsError(f"{str(path)!r} exists; pass overwrite=True to replace it") from None
-                os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda f: pil.save(f, format=fmt, **options), overwrite=overwrite)
     return path
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import tempfile
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .._files import atomic_write
 from .registry import MODEL_CLASSES, create
 
 #: Folder of the bundled weights: tri_panet/weights/<name>.safetensors (package data).
@@ -60,7 +60,7 @@ def save_weights(model: nn.Module, path, *, metadata: Mapping[str, object] | Non
     unless ``overwrite=True``. ``metadata`` values that are not strings are stored as JSON.
     Returns the path.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save as safetensors_bytes
 
     from .. import __version__
 
@@ -84,26 +84,7 @@ def save_weights(model: nn.Module, path, *, metadata: Mapping[str, object] | Non
     meta[_META_VERSION] = __version__
 
     tensors = _state_dict_for_file(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            try:
-                # link() fails if path appeared meanwhile: no silent overwrite even in a race
-                os.link(tmp, path)
-            except FileExistsError:
-                raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it") from None
-            except OSError:  # filesystems without hard links
-                if path.exists():
-                    raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it") from None
-                os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda f: f.write(safetensors_bytes(tensors, metadata=meta)), overwrite=overwrite)
     return path
 
 
