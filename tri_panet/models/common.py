@@ -27,6 +27,14 @@ def check_int(name: str, value: object, minimum: int = 1) -> int:
     return value
 
 
+
+def check_resblock_count(n_resblocks: object) -> int:
+    """``n_resblocks`` as a non-negative even int: half the ResBlocks go before the attention, half after."""
+    check_int("n_resblocks", n_resblocks, minimum=0)
+    if n_resblocks % 2:
+        raise ValueError(f"n_resblocks must be even (half before, half after the attention), got {n_resblocks}")
+    return n_resblocks
+
 def default_conv(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, bias: bool = True) -> nn.Conv2d:
     """The official ``default_conv``: a k x k convolution with "same" zero padding k // 2."""
     return nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, stride=stride, bias=bias)

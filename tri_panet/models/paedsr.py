@@ -19,7 +19,16 @@ import torch
 from torch import nn
 
 from ..nn import DEFAULT_SCALES, PyramidAttention
-from .common import MeanShift, ResBlock, Upsampler, check_image_batch, check_int, default_conv, model_config
+from .common import (
+    MeanShift,
+    ResBlock,
+    Upsampler,
+    check_image_batch,
+    check_int,
+    check_resblock_count,
+    default_conv,
+    model_config,
+)
 
 
 class PAEDSR(nn.Module):
@@ -52,9 +61,7 @@ class PAEDSR(nn.Module):
     ) -> None:
         super().__init__()
         check_int("n_feats", n_feats)
-        check_int("n_resblocks", n_resblocks, minimum=0)
-        if n_resblocks % 2:
-            raise ValueError(f"n_resblocks must be even (half before, half after the attention), got {n_resblocks}")
+        check_resblock_count(n_resblocks)
         if n_colors != 3:
             raise ValueError(f"n_colors must be 3 for PAEDSR (its MeanShift is RGB), got {n_colors!r}")
         self.n_colors = 3

@@ -23,7 +23,15 @@ import torch
 from torch import nn
 
 from ..nn import DEFAULT_SCALES, PyramidAttention
-from .common import MeanShift, ResBlock, check_image_batch, check_int, default_conv, model_config
+from .common import (
+    MeanShift,
+    ResBlock,
+    check_image_batch,
+    check_int,
+    check_resblock_count,
+    default_conv,
+    model_config,
+)
 
 
 class PANet(nn.Module):
@@ -59,9 +67,7 @@ class PANet(nn.Module):
         super().__init__()
         check_int("n_colors", n_colors)
         check_int("n_feats", n_feats)
-        check_int("n_resblocks", n_resblocks, minimum=0)
-        if n_resblocks % 2:
-            raise ValueError(f"n_resblocks must be even (half before, half after the attention), got {n_resblocks}")
+        check_resblock_count(n_resblocks)
         self.n_colors = n_colors
         self.scale = 1
         self.multiple = 1

@@ -21,15 +21,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn import DEFAULT_SCALES, PyramidAttention
-from .common import ResBlock, Upsampler, check_image_batch, check_int, default_conv, model_config
+from .common import (
+    ResBlock,
+    Upsampler,
+    check_image_batch,
+    check_int,
+    check_resblock_count,
+    default_conv,
+    model_config,
+)
 
 
 def _body(n_feats: int, n_resblocks: int, reduction: int, scales, recompute_scale_factor: bool, backend: str) -> nn.Sequential:
     """ResBlocks (ReLU) / PyramidAttention / ResBlocks / conv3x3, PANet's body layout."""
     check_int("n_feats", n_feats)
-    check_int("n_resblocks", n_resblocks, minimum=0)
-    if n_resblocks % 2:
-        raise ValueError(f"n_resblocks must be even (half before, half after the attention), got {n_resblocks}")
+    check_resblock_count(n_resblocks)
     half = n_resblocks // 2
     blocks: list[nn.Module] = [ResBlock(default_conv, n_feats, 3) for _ in range(half)]
     blocks.append(
