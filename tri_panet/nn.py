@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ._checks import check_patch_size, check_positive_finite, check_scales
 from .functional import pyramid_attention, resolve_backend
+from .resize import bicubic_downscale
 
 #: The official pyramid, computed as the official code does: 1.0, 0.9, 0.8, 0.7, 0.6.
 DEFAULT_SCALES = tuple(1 - i / 10 for i in range(5))
@@ -33,11 +33,7 @@ def build_pyramid(x: torch.Tensor, scales: Sequence[float], recompute_scale_fact
                 f"x of spatial size {tuple(x.shape[2:])} is too small for pyramid scale {s}: "
                 f"the level would be {size}; use a larger input or fewer levels"
             )
-        levels.append(
-            F.interpolate(
-                x, scale_factor=s, mode="bicubic", align_corners=False, recompute_scale_factor=recompute_scale_factor
-            )
-        )
+        levels.append(bicubic_downscale(x, s, recompute_scale_factor))
     return levels
 
 
