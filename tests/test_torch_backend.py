@@ -6,7 +6,7 @@ import torch
 from op_inputs import cast, make_inputs, pyramid_sizes
 from tri_panet import pyramid_attention
 from tri_panet.reference import pyramid_attention_reference
-from tri_panet.torch_backend import diagonal_box_sum, pyramid_attention_torch, query_tile_rows
+from tri_panet.torch_backend import diagonal_box_sum, pyramid_attention_torch, query_tile_shape
 
 CASES = [
     # (batch, cq, cv, query size, level sizes, patch size)
@@ -90,11 +90,28 @@ def test_key_floor_blocks_norm_gradient():
     torch.testing.assert_close(keys[0].grad, ref_keys[0].grad)
 
 
-def test_query_tile_rows_respects_budget():
-    assert query_tile_rows(1000, 10, 100, 1, 4, 40000) == 10
-    assert query_tile_rows(1000, 10, 100, 2, 4, 40000) == 5
-    assert query_tile_rows(1000, 10, 100, 1, 4, 1) == 1  # never zero rows
-    assert query_tile_rows(7, 10, 100, 1, 4, 10**9) == 7  # never more rows than the image
+def test_query_tile_shape_respects_budget():
+    # budget for 100 queries of 100 keys x 4 bytes: a 10 x 10 tile
+    assert query_tile_shape(1000, 1000, 100, 1, 4, 40000) == (10, 10)
+    assert query_tile_shape(1000, 1000, 100, 2, 4, 40000) == (7, 7)  # 50 queries: 49 of them, square
+    assert query_tile_shape(1000, 1000, 100, 1, 4, 1) == (1, 1)  # never an empty tile
+    assert query_tile_shape(7, 5, 100, 1, 4, 10**9) == (7, 5)  # never larger than the image
+    assert query_tile_shape(2, 1000, 100, 1, 4, 40000) == (2, 50)  # short images get wide tiles
+    # balanced: 23 columns in tiles of at most 10 -> 3 tiles of 8 (not 10, 10, 3)
+    assert query_tile_shape(1000, 23, 100, 1, 4, 40000) == (10, 8)
+
+
+@pytest.mark.parametrize("tile_bytes", [1, 3 * 7 * 4 * 30, 10**9])
+def test_tile_shapes_give_the_same_result(tile_bytes):
+    """One-query tiles, ragged tiles and the whole image in one tile agree, forward and backward."""
+    query, keys, values = make_inputs(2, 3, 2, (7, 9), [(7, 9), (5, 6), (3, 4)], dtype=torch.float64, requires_grad=True)
+    out = pyramid_attention_torch(query, keys, values, tile_bytes=tile_bytes)
+    grads = torch.autograd.grad(out.square().sum(), [query, *keys, *values])
+    ref = pyramid_attention_reference(query, keys, values)
+    ref_grads = torch.autograd.grad(ref.square().sum(), [query, *keys, *values])
+    torch.testing.assert_close(out, ref)
+    for g, e in zip(grads, ref_grads):
+        torch.testing.assert_close(g, e)
 
 
 @pytest.mark.parametrize("k", [1, 3, 5])

@@ -13,16 +13,20 @@ pixel Gram matrix G (Cq deep, k*k times cheaper) and sum it along k*k "diagonals
 diagonal sum followed by a Cv-deep matmul. For PANet (k = 3) that replaces 1728 FLOPs per
 (query, key) pair by 192 matmul FLOPs and a few cheap passes.
 
-*Tiles of query rows.* Queries are processed a few image rows at a time: only the
-[rows, W, keys] score tile of the current rows exists (sized from a memory budget), and the
-backward recomputes each tile from the saved per-query log-sum-exp (FlashAttention's
-recipe), so forward and backward peak memory grow like O(tile x keys + inputs), never
-O(queries x keys). A tile reads k - 1 halo rows of queries around it, and its pasted output
-spills k - 1 rows into its neighbours' (they are accumulated).
+*Square tiles of queries.* Queries are processed a block of rows x columns at a time:
+only the [rows, cols, keys] score tile of the current block exists (sized from a memory
+budget), and the backward recomputes each tile from the saved per-query log-sum-exp
+(FlashAttention's recipe), so forward and backward peak memory grow like
+O(tile x keys + inputs), never O(queries x keys). A tile reads a halo of r = k // 2
+pixels around it and pastes into the same halo (neighbouring tiles' outputs overlap and
+are accumulated), so the matmuls cost (rows + 2r)(cols + 2r) / (rows cols) times the
+halo-free work: near-square tiles keep that small (1.3x for 14 x 14 instead of 3x for a
+one-row tile of a 192 px image).
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,9 +36,7 @@ import torch.nn.functional as F
 
 from .library import pyramid_attention_op, register_implementation
 
-#: Bytes that the [rows, W, keys] scratch tiles may take together. Each tile recomputes
-#: k - 1 halo rows, so a few rows per tile pay off: at 96 x 96 (PANet config, one thread of
-#: a 2-core EPYC) 128 MiB (3 rows) ran in 2.33 s of CPU time, 24 MiB (1 row) in 3.07 s.
+#: Bytes that the [rows, cols, keys] scratch tiles may take together (env TRI_PANET_TILE_MB).
 DEFAULT_TILE_BYTES = int(float(os.environ.get("TRI_PANET_TILE_MB", "128")) * 2**20)
 
 # Scratch tiles alive at once, counting the per-level temporaries: forward, backward.
@@ -47,10 +49,22 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def query_tile_rows(height: int, width: int, n_keys: int, buffers: int, elem_bytes: int, budget: int) -> int:
-    """Image rows per query tile so that ``buffers`` [rows, width, n_keys] tiles fit in ``budget`` bytes."""
-    rows = budget // max(1, width * n_keys * elem_bytes * buffers)
-    return int(min(max(rows, 1), height))
+def query_tile_shape(height: int, width: int, n_keys: int, buffers: int, elem_bytes: int, budget: int) -> tuple[int, int]:
+    """(rows, cols) of a query tile: ``buffers`` [rows, cols, n_keys] tiles fit in ``budget`` bytes.
+
+    As square as the image allows (the halo overhead is smallest for squares), at least one
+    query, and balanced so that the last tile of a row or column is not a sliver.
+    """
+    queries = max(1, budget // max(1, n_keys * elem_bytes * buffers))
+    cols = min(width, max(1, math.isqrt(queries)))
+    rows = min(height, max(1, queries // cols))
+    cols = min(width, max(cols, queries // rows))  # a short image leaves room for wider tiles
+    return _balanced(height, rows), _balanced(width, cols)
+
+
+def _balanced(size: int, tile: int) -> int:
+    """The smallest tile that covers ``size`` in as many tiles as ``tile`` needs."""
+    return -(-size // -(-size // tile))
 
 
 def diagonal_box_sum(x: torch.Tensor, k: int, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -79,25 +93,25 @@ def _shift_ranges(size: int, shift: int) -> tuple[slice, slice]:
 
 
 def _paste_box_sum(tile: torch.Tensor, k: int) -> torch.Tensor:
-    """Adjoint of :func:`diagonal_box_sum`, restricted to image positions.
+    """Adjoint of :func:`diagonal_box_sum`: the halo-sized window a tile of weights pastes into.
 
-    tile [rows, W, h, w] (one level's weights for a tile of query rows) -> [rows + k - 1, W, h, w]:
-    entry [o, x, p, q] sums tile[o - r + c, x + e, p + c, q + e] over c, e in [-r, r] with
-    out-of-range terms dropped; output rows start r rows above the tile. This pastes value
-    patches (attention output) and carries score gradients back to pixels. Clipped slices
-    instead of padding keep the passes as small as the data.
+    tile [rows, cols, h, w] (one level's weights for a tile of queries) -> [rows + 2r,
+    cols + 2r, h, w] (r = k // 2, window position (r, r) is the tile's first query):
+    entry [o, x, p, q] sums tile[o - r + c, x - r + e, p + c, q + e] over c, e in [-r, r],
+    dropping key positions outside the level. This pastes value patches (attention output)
+    and carries score gradients back to pixels. Clipped slices instead of padding keep the
+    passes as small as the data.
     """
     r = k // 2
-    rows, width, height_l, width_l = tile.shape
-    cols = tile.clone()
+    rows, cols, height_l, width_l = tile.shape
+    shifted_cols = tile.new_zeros(rows, cols + 2 * r, height_l, width_l)
     for e in range(-r, r + 1):
-        if e:
-            (x_to, x_from), (q_to, q_from) = _shift_ranges(width, e), _shift_ranges(width_l, e)
-            cols[:, x_to, :, q_to] += tile[:, x_from, :, q_from]
-    out = tile.new_zeros(rows + 2 * r, width, height_l, width_l)
+        q_to, q_from = _shift_ranges(width_l, e)
+        shifted_cols[:, r - e : r - e + cols, :, q_to] += tile[:, :, :, q_from]
+    out = tile.new_zeros(rows + 2 * r, cols + 2 * r, height_l, width_l)
     for c in range(-r, r + 1):
         p_to, p_from = _shift_ranges(height_l, c)
-        out[r - c : r - c + rows, :, p_to] += cols[:, :, p_from]
+        out[r - c : r - c + rows, :, p_to] += shifted_cols[:, :, p_from]
     return out
 
 
@@ -149,33 +163,49 @@ def _inverse_norms(keys, b: int, k: int, softmax_scale: float, key_eps: float, d
     return softmax_scale / norms.clamp_min(key_eps), norms
 
 
-def _pixel_rows(padded: torch.Tensor, y0: int, rows: int, r: int, interior: bool) -> torch.Tensor:
-    """Rows y0 - r .. y0 + rows + r of a map padded by r, as pixels [(rows + 2r) * W', C].
-
-    ``interior`` keeps the image columns only (W' = W), otherwise the padded ones (W + 2r).
-    """
-    band = padded[:, y0 : y0 + rows + 2 * r]
-    if interior:
-        band = band[:, :, r : band.shape[2] - r]
-    return band.reshape(band.shape[0], -1).t()
+def _window_pixels(padded: torch.Tensor, y0: int, x0: int, rows: int, cols: int, r: int) -> torch.Tensor:
+    """A tile's pixels with their halo from a map padded by r, [C, H + 2r, W + 2r] ->
+    [(rows + 2r) * (cols + 2r), C]; window position (r, r) is image position (y0, x0)."""
+    window = padded[:, y0 : y0 + rows + 2 * r, x0 : x0 + cols + 2 * r]
+    return window.reshape(window.shape[0], -1).t()
 
 
-def _patch_scores(pixels: torch.Tensor, maps: list[torch.Tensor], levels: list[_Level], width: int, k: int,
+def _patch_scores(pixels: torch.Tensor, maps: list[torch.Tensor], levels: list[_Level], k: int,
                   out: torch.Tensor) -> None:
-    """Patch inner products of a tile of rows with every patch of every level, into ``out`` [rows, W, keys].
+    """Patch inner products of a tile of queries with every patch of every level, into ``out`` [rows, cols, keys].
 
-    ``pixels``: the tile's rows with halo from a map padded by r, [(rows + 2r) * (W + 2r), C];
+    ``pixels``: the tile's window from a map padded by r, [(rows + 2r) * (cols + 2r), C];
     ``maps``: each level's padded map [C, (h + 2r) * (w + 2r)]. Serves <query, key> patches
     and, in the backward, <grad_out, value> patches.
     """
-    r, rows = k // 2, out.shape[0]
+    r, rows, cols = k // 2, out.shape[0], out.shape[1]
     for level, padded in zip(levels, maps):
-        gram = torch.mm(pixels, padded).view(rows + 2 * r, width + 2 * r, level.height + 2 * r, level.width + 2 * r)
+        gram = torch.mm(pixels, padded).view(rows + 2 * r, cols + 2 * r, level.height + 2 * r, level.width + 2 * r)
         diagonal_box_sum(gram, k, out=_level_tile(out, level))
 
 
+def _pasted_levels(weights: torch.Tensor, levels: list[_Level], k: int):
+    """Per level, the tile's ``weights`` [rows, cols, keys] pasted (:func:`_paste_box_sum`) as a
+    matrix [(rows + 2r) * (cols + 2r), h * w]: window pixels x the level's key positions."""
+    window = (weights.shape[0] + k - 1) * (weights.shape[1] + k - 1)
+    for level in levels:
+        yield _paste_box_sum(_level_tile(weights, level), k).view(window, -1)
+
+
+def _add_window(padded: torch.Tensor, y0: int, x0: int, rows: int, cols: int, r: int, pixels: torch.Tensor) -> None:
+    """Accumulate window ``pixels`` [(rows + 2r) * (cols + 2r), C] into a channel-last padded map [H + 2r, W + 2r, C]."""
+    padded[y0 : y0 + rows + 2 * r, x0 : x0 + cols + 2 * r] += pixels.view(rows + 2 * r, cols + 2 * r, -1)
+
+
+def _tiles(height: int, width: int, rows: int, cols: int):
+    """(y0, x0, rows, cols) of the query tiles covering an image, row-major, clipped at its edges."""
+    for y0 in range(0, height, rows):
+        for x0 in range(0, width, cols):
+            yield y0, x0, min(rows, height - y0), min(cols, width - x0)
+
+
 def _level_tile(tile: torch.Tensor, level: _Level) -> torch.Tensor:
-    """The [rows, W, h, w] view of one level inside a [rows, W, keys] tile."""
+    """The [rows, cols, h, w] view of one level inside a [rows, cols, keys] tile."""
     return tile[:, :, level.keys].view(tile.shape[0], tile.shape[1], level.height, level.width)
 
 
@@ -199,30 +229,30 @@ def tiled_forward(
     k, r = patch_size, patch_size // 2
     batch, _, height, width = query.shape
     n_keys = sum(x.shape[2] * x.shape[3] for x in keys)
-    rows = query_tile_rows(height, width, n_keys, _FORWARD_TILES, torch.finfo(dtype).bits // 8, tile_bytes)
-    scores_buffer = query.new_empty(rows, width, n_keys, dtype=dtype)
+    rows, cols = query_tile_shape(height, width, n_keys, _FORWARD_TILES, torch.finfo(dtype).bits // 8, tile_bytes)
+    scores_buffer = query.new_empty(rows * cols * n_keys, dtype=dtype)
     lse = query.new_empty(batch, height, width, dtype=dtype)
-    out = query.new_zeros(batch, height + 2 * r, width, values[0].shape[1], dtype=dtype)
+    out = query.new_zeros(batch, height + 2 * r, width + 2 * r, values[0].shape[1], dtype=dtype)
     for b in range(batch):
         levels = _prepare_levels(keys, values, b, k, dtype)
         key_maps = [lv.key_padded for lv in levels]
         inverse_norms, _ = _inverse_norms(keys, b, k, softmax_scale, key_eps, dtype)
         query_padded = F.pad(query[b].to(dtype), (r, r, r, r))
-        for y0 in range(0, height, rows):
-            n = min(rows, height - y0)
-            scores = scores_buffer[:n]
-            _patch_scores(_pixel_rows(query_padded, y0, n, r, interior=False), key_maps, levels, width, k, scores)
+        for y0, x0, n_rows, n_cols in _tiles(height, width, rows, cols):
+            scores = scores_buffer[: n_rows * n_cols * n_keys].view(n_rows, n_cols, n_keys)
+            _patch_scores(_window_pixels(query_padded, y0, x0, n_rows, n_cols, r), key_maps, levels, k, scores)
             scores.mul_(inverse_norms)
             row_max = scores.amax(dim=2, keepdim=True)
             scores.sub_(row_max).exp_()
             row_sum = scores.sum(dim=2, keepdim=True)
             scores.div_(row_sum)
-            lse[b, y0 : y0 + n] = (row_max + row_sum.log()).squeeze(2)
-            band = out[b, y0 : y0 + n + 2 * r].view(-1, out.shape[-1])
-            for level in levels:
-                pasted = _paste_box_sum(_level_tile(scores, level), k)
-                band.addmm_(pasted.view(-1, level.height * level.width), level.value_pixels)
-    result = out[:, r : r + height].permute(0, 3, 1, 2) / fold_divisor
+            lse[b, y0 : y0 + n_rows, x0 : x0 + n_cols] = (row_max + row_sum.log()).squeeze(2)
+            pasted_values = scores.new_zeros((n_rows + 2 * r) * (n_cols + 2 * r), out.shape[-1])
+            for level, pasted in zip(levels, _pasted_levels(scores, levels, k)):
+                pasted_values.addmm_(pasted, level.value_pixels)
+            _add_window(out[b], y0, x0, n_rows, n_cols, r, pasted_values)
+    result = out[:, r : r + height, r : r + width].permute(0, 3, 1, 2) / fold_divisor
+    return result.to(query.dtype).contiguous(), lse.view(batch, -1)
     return result.to(query.dtype).contiguous(), lse.view(batch, -1)
 
 
@@ -248,11 +278,11 @@ def tiled_backward(
     k, r = patch_size, patch_size // 2
     batch, _, height, width = query.shape
     n_keys = sum(x.shape[2] * x.shape[3] for x in keys)
-    rows = query_tile_rows(height, width, n_keys, _BACKWARD_TILES, torch.finfo(dtype).bits // 8, tile_bytes)
-    raw_buffer = query.new_empty(rows, width, n_keys, dtype=dtype)
+    rows, cols = query_tile_shape(height, width, n_keys, _BACKWARD_TILES, torch.finfo(dtype).bits // 8, tile_bytes)
+    raw_buffer = query.new_empty(rows * cols * n_keys, dtype=dtype)
     probs_buffer = torch.empty_like(raw_buffer)
     grad_buffer = torch.empty_like(raw_buffer)
-    grad_query = query.new_zeros(batch, height + 2 * r, width, query.shape[1], dtype=dtype)
+    grad_query = query.new_zeros(batch, height + 2 * r, width + 2 * r, query.shape[1], dtype=dtype)
     grad_keys = [torch.zeros_like(x, dtype=dtype) for x in keys]
     grad_values = [torch.zeros_like(x, dtype=dtype) for x in values]
     lse = lse.view(batch, height, width, 1).to(dtype)
@@ -265,28 +295,27 @@ def tiled_backward(
         grad_inverse_norms = torch.zeros_like(inverse_norms)
         grad_key_pixels = [torch.zeros_like(lv.key_pixels) for lv in levels]
         grad_value_pixels = [torch.zeros_like(lv.value_pixels) for lv in levels]
-        for y0 in range(0, height, rows):
-            n = min(rows, height - y0)
-            raw, probs, grad = raw_buffer[:n], probs_buffer[:n], grad_buffer[:n]
-            _patch_scores(_pixel_rows(query_padded, y0, n, r, interior=False), key_maps, levels, width, k, raw)
-            torch.mul(raw, inverse_norms, out=probs).sub_(lse[b, y0 : y0 + n]).exp_()
+        for y0, x0, n_rows, n_cols in _tiles(height, width, rows, cols):
+            n = n_rows * n_cols * n_keys
+            raw, probs, grad = (x[:n].view(n_rows, n_cols, n_keys) for x in (raw_buffer, probs_buffer, grad_buffer))
+            query_pixels = _window_pixels(query_padded, y0, x0, n_rows, n_cols, r)
+            grad_pixels = _window_pixels(grad_padded, y0, x0, n_rows, n_cols, r)
+            _patch_scores(query_pixels, key_maps, levels, k, raw)
+            torch.mul(raw, inverse_norms, out=probs).sub_(lse[b, y0 : y0 + n_rows, x0 : x0 + n_cols]).exp_()
             # grad of the attention weights: <grad_out patch, value patch>
-            _patch_scores(_pixel_rows(grad_padded, y0, n, r, interior=False), value_maps, levels, width, k, grad)
-            query_rows = _pixel_rows(query_padded, y0, n, r, interior=True)
-            grad_rows = _pixel_rows(grad_padded, y0, n, r, interior=True)
-            for level, g_v in zip(levels, grad_value_pixels):
-                pasted = _paste_box_sum(_level_tile(probs, level), k).view(-1, level.height * level.width)
-                g_v.addmm_(pasted.t(), grad_rows)
+            _patch_scores(grad_pixels, value_maps, levels, k, grad)
+            for pasted, g_v in zip(_pasted_levels(probs, levels, k), grad_value_pixels):
+                g_v.addmm_(pasted.t(), grad_pixels)
             # softmax backward: dS = P * (dP - rowsum(P * dP))
-            dot = torch.bmm(probs.view(-1, 1, n_keys), grad.view(-1, n_keys, 1)).view(n, width, 1)
+            dot = torch.bmm(probs.view(-1, 1, n_keys), grad.view(-1, n_keys, 1)).view(n_rows, n_cols, 1)
             grad.sub_(dot).mul_(probs)
             grad_inverse_norms += raw.mul_(grad).sum(dim=(0, 1))
             grad.mul_(inverse_norms)  # now the gradient of the raw patch inner products
-            band = grad_query[b, y0 : y0 + n + 2 * r].view(-1, query.shape[1])
-            for level, g_k in zip(levels, grad_key_pixels):
-                pasted = _paste_box_sum(_level_tile(grad, level), k).view(-1, level.height * level.width)
-                band.addmm_(pasted, level.key_pixels)
-                g_k.addmm_(pasted.t(), query_rows)
+            pasted_keys = grad.new_zeros(query_pixels.shape)
+            for level, pasted, g_k in zip(levels, _pasted_levels(grad, levels, k), grad_key_pixels):
+                pasted_keys.addmm_(pasted, level.key_pixels)
+                g_k.addmm_(pasted.t(), query_pixels)
+            _add_window(grad_query[b], y0, x0, n_rows, n_cols, r, pasted_keys)
         # Through inverse_norm = scale / max(norm, eps), norm = sqrt(box_sum(|K|^2)): the
         # floor passes no gradient where it is active.
         active = norms >= key_eps
@@ -299,7 +328,7 @@ def tiled_backward(
             window = F.avg_pool2d(c, k, 1, r, count_include_pad=True)[0, 0] * (k * k)
             out_k[b] = g_k.t().view_as(out_k[b]) + key[b].to(dtype) * window
             out_v[b] = g_v.t().view_as(out_v[b])
-    grad_query = grad_query[:, r : r + height].permute(0, 3, 1, 2).to(query.dtype).contiguous()
+    grad_query = grad_query[:, r : r + height, r : r + width].permute(0, 3, 1, 2).to(query.dtype).contiguous()
     return (
         grad_query,
         [g.to(x.dtype) for g, x in zip(grad_keys, keys)],
@@ -325,7 +354,7 @@ def pyramid_attention_torch(
 
     query [B, Cq, H, W], keys[l] [B, Cq, H_l, W_l], values[l] [B, Cv, H_l, W_l] -> [B, Cv, H, W].
     ``tile_bytes`` bounds the score tiles (default ``DEFAULT_TILE_BYTES``); at least one
-    image row of queries is processed at a time whatever the budget.
+    query is processed at a time whatever the budget.
     """
     return pyramid_attention_op(
         query,
