@@ -16,3 +16,18 @@ def shifted(y, x, valid, h, w, D, PATCH: tl.constexpr):
     xs = x + (D % PATCH - PATCH // 2)
     inside = valid & (ys >= 0) & (ys < h) & (xs >= 0) & (xs < w)
     return ys * w + xs, inside
+
+
+@triton.jit
+def level_geometry(LEVELS, level):
+    """(offset into the key index space, height, width) of pyramid level ``level`` (LEVELS: int32 [L, 3])."""
+    return tl.load(LEVELS + 3 * level), tl.load(LEVELS + 3 * level + 1), tl.load(LEVELS + 3 * level + 2)
+
+
+@triton.jit
+def block_positions(start, n, w, BLOCK: tl.constexpr):
+    """Indices start .. start + BLOCK of a row-major map of ``n`` positions and width ``w``:
+    (index, index < n, row, column)."""
+    offs = start + tl.arange(0, BLOCK)
+    y = offs // w
+    return offs, offs < n, y, offs - y * w

@@ -22,7 +22,7 @@ forward, to bound the accumulator registers.
 import triton
 import triton.language as tl
 
-from .common import LOG2E, LN2, shifted
+from .common import LOG2E, LN2, block_positions, level_geometry, shifted
 
 
 @triton.jit
@@ -43,10 +43,7 @@ def delta_kernel(
     pid_m = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     HW = H * W
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    qvalid = offs_m < HW
-    qy = offs_m // W
-    qx = offs_m - qy * W
+    offs_m, qvalid, qy, qx = block_positions(pid_m * BLOCK_M, HW, W, BLOCK_M)
     offs_c = tl.arange(0, CV_BLOCK)
     total = tl.zeros([BLOCK_M], dtype=tl.float32)
     for d in tl.static_range(KK):
@@ -101,6 +98,19 @@ def _grad_probs(g_base, qy, qx, qvalid, H, W, v_base, py, px, kvalid, off, hl, w
 
 
 @triton.jit
+def _dot_shifted(accs, weights, base, y, x, valid, h, w, offs_c, STRIDE: tl.constexpr, PATCH: tl.constexpr,
+                 PRECISION: tl.constexpr):
+    """accs[d] += weights @ rows (y, x) + d of the channel-last map at ``base`` (channels ``offs_c``),
+    for every patch offset d: a patch-sized gradient, one accumulator per offset."""
+    new_accs = ()
+    for d in tl.static_range(PATCH * PATCH):
+        idx, inside = shifted(y, x, valid, h, w, d, PATCH)
+        rows = tl.load(base + idx[:, None] * STRIDE + offs_c[None, :], mask=inside[:, None], other=0.0)
+        new_accs = new_accs + (tl.dot(weights, rows, accs[d], input_precision=PRECISION),)
+    return new_accs
+
+
+@triton.jit
 def dq_kernel(
     Q, K, V, KINV, LEVELS, G, LSE, DELTA,
     DQ,  # [B, HW, CQP] float32, zero-initialised: the fold accumulates into it atomically
@@ -123,10 +133,7 @@ def dq_kernel(
     cq0 = tl.program_id(1) * CQ_BLOCK
     b = tl.program_id(2).to(tl.int64)
     HW = H * W
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    qvalid = offs_m < HW
-    qy = offs_m // W
-    qx = offs_m - qy * W
+    offs_m, qvalid, qy, qx = block_positions(pid_m * BLOCK_M, HW, W, BLOCK_M)
     q_base = Q + b * HW * CQP
     k_base = K + b * NK * CQP
     v_base = V + b * NK * CVP
@@ -138,17 +145,10 @@ def dq_kernel(
     for d in tl.static_range(KK):
         accs = accs + (tl.zeros([BLOCK_M, CQ_BLOCK], dtype=tl.float32),)
 
-    offs_n0 = tl.arange(0, BLOCK_N)
     for level in range(n_levels):
-        off = tl.load(LEVELS + 3 * level)
-        hl = tl.load(LEVELS + 3 * level + 1)
-        wl = tl.load(LEVELS + 3 * level + 2)
-        nl = hl * wl
-        for n0 in range(0, nl, BLOCK_N):
-            offs_n = n0 + offs_n0
-            kvalid = offs_n < nl
-            py = offs_n // wl
-            px = offs_n - py * wl
+        off, hl, wl = level_geometry(LEVELS, level)
+        for n0 in range(0, hl * wl, BLOCK_N):
+            offs_n, kvalid, py, px = block_positions(n0, hl * wl, wl, BLOCK_N)
             inv = tl.load(KINV + b * NK + off + offs_n, mask=kvalid, other=0.0)
             s2, p = _scores_probs(q_base, qy, qx, qvalid, H, W, k_base, py, px, kvalid, off, hl, wl, inv, lse2,
                                   qk_scale, CQP, PATCH, PRECISION, BLOCK_M, BLOCK_N)
@@ -193,15 +193,9 @@ def dk_kernel(
     b = (tl.program_id(2) // N_SLICES).to(tl.int64)
     cq0 = (tl.program_id(2) % N_SLICES) * CQ_BLOCK
     HW = H * W
-    off = tl.load(LEVELS + 3 * level)
-    hl = tl.load(LEVELS + 3 * level + 1)
-    wl = tl.load(LEVELS + 3 * level + 2)
-    nl = hl * wl
-    if pid_n * BLOCK_N < nl:
-        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        kvalid = offs_n < nl
-        py = offs_n // wl
-        px = offs_n - py * wl
+    off, hl, wl = level_geometry(LEVELS, level)
+    if pid_n * BLOCK_N < hl * wl:
+        offs_n, kvalid, py, px = block_positions(pid_n * BLOCK_N, hl * wl, wl, BLOCK_N)
         k_base = K + b * NK * CQP
         v_base = V + b * NK * CVP
         q_base = Q + b * HW * CQP
@@ -214,10 +208,7 @@ def dk_kernel(
             accs = accs + (tl.zeros([BLOCK_N, CQ_BLOCK], dtype=tl.float32),)
         radial = tl.zeros([BLOCK_N], dtype=tl.float32)
         for m0 in range(0, HW, BLOCK_M):
-            offs_m = m0 + tl.arange(0, BLOCK_M)
-            qvalid = offs_m < HW
-            qy = offs_m // W
-            qx = offs_m - qy * W
+            offs_m, qvalid, qy, qx = block_positions(m0, HW, W, BLOCK_M)
             lse2 = tl.load(LSE + b * HW + offs_m, mask=qvalid, other=0.0) * LOG2E
             delta = tl.load(DELTA + b * HW + offs_m, mask=qvalid, other=0.0)
             s2, p = _scores_probs(q_base, qy, qx, qvalid, H, W, k_base, py, px, kvalid, off, hl, wl, inv, lse2,
@@ -227,13 +218,8 @@ def dk_kernel(
             ds = p * (dp - delta[:, None])
             # <k^_j, dk^_j> = sum_i dS_ij s_ij (natural-log scores)
             radial += tl.sum(ds * s2, axis=0) * LN2
-            ds_t = tl.trans(ds.to(Q.dtype.element_ty))
-            new_accs = ()
-            for d in tl.static_range(KK):
-                qidx, qin = shifted(qy, qx, qvalid, H, W, d, PATCH)
-                q = tl.load(q_base + qidx[:, None] * CQP + offs_cb[None, :], mask=qin[:, None], other=0.0)
-                new_accs = new_accs + (tl.dot(ds_t, q, accs[d], input_precision=PRECISION),)
-            accs = new_accs
+            accs = _dot_shifted(accs, tl.trans(ds.to(Q.dtype.element_ty)), q_base, qy, qx, qvalid, H, W, offs_cb,
+                                CQP, PATCH, PRECISION)
 
         # Through the normalisation; where the floor is active the norm passes no gradient.
         radial = tl.where(norm >= key_eps, radial, 0.0)
@@ -268,15 +254,9 @@ def dv_kernel(
     b = (tl.program_id(2) // N_SLICES).to(tl.int64)
     cv0 = (tl.program_id(2) % N_SLICES) * CV_BLOCK
     HW = H * W
-    off = tl.load(LEVELS + 3 * level)
-    hl = tl.load(LEVELS + 3 * level + 1)
-    wl = tl.load(LEVELS + 3 * level + 2)
-    nl = hl * wl
-    if pid_n * BLOCK_N < nl:
-        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        kvalid = offs_n < nl
-        py = offs_n // wl
-        px = offs_n - py * wl
+    off, hl, wl = level_geometry(LEVELS, level)
+    if pid_n * BLOCK_N < hl * wl:
+        offs_n, kvalid, py, px = block_positions(pid_n * BLOCK_N, hl * wl, wl, BLOCK_N)
         k_base = K + b * NK * CQP
         q_base = Q + b * HW * CQP
         g_base = G + b * HW * CVP
@@ -286,20 +266,12 @@ def dv_kernel(
         for d in tl.static_range(KK):
             accs = accs + (tl.zeros([BLOCK_N, CV_BLOCK], dtype=tl.float32),)
         for m0 in range(0, HW, BLOCK_M):
-            offs_m = m0 + tl.arange(0, BLOCK_M)
-            qvalid = offs_m < HW
-            qy = offs_m // W
-            qx = offs_m - qy * W
+            offs_m, qvalid, qy, qx = block_positions(m0, HW, W, BLOCK_M)
             lse2 = tl.load(LSE + b * HW + offs_m, mask=qvalid, other=0.0) * LOG2E
             s2, p = _scores_probs(q_base, qy, qx, qvalid, H, W, k_base, py, px, kvalid, off, hl, wl, inv, lse2,
                                   qk_scale, CQP, PATCH, PRECISION, BLOCK_M, BLOCK_N)
-            p_t = tl.trans(p.to(G.dtype.element_ty))
-            new_accs = ()
-            for d in tl.static_range(KK):
-                gidx, gin = shifted(qy, qx, qvalid, H, W, d, PATCH)
-                g = tl.load(g_base + gidx[:, None] * CVP + offs_cb[None, :], mask=gin[:, None], other=0.0)
-                new_accs = new_accs + (tl.dot(p_t, g, accs[d], input_precision=PRECISION),)
-            accs = new_accs
+            accs = _dot_shifted(accs, tl.trans(p.to(G.dtype.element_ty)), g_base, qy, qx, qvalid, H, W, offs_cb,
+                                CVP, PATCH, PRECISION)
 
         dv_base = DV + b * NK * CVP
         for d in tl.static_range(KK):

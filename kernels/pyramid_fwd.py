@@ -18,7 +18,7 @@ unrolled at compile time with ``tl.static_range``.
 import triton
 import triton.language as tl
 
-from .common import LN2, shifted
+from .common import LN2, block_positions, level_geometry, shifted
 
 
 @triton.jit
@@ -37,13 +37,8 @@ def key_norm_kernel(
     pid = tl.program_id(0)
     level = tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
-    off = tl.load(LEVELS + 3 * level)
-    h = tl.load(LEVELS + 3 * level + 1)
-    w = tl.load(LEVELS + 3 * level + 2)
-    n = pid * BLOCK + tl.arange(0, BLOCK)
-    valid = n < h * w
-    py = n // w
-    px = n - py * w
+    off, h, w = level_geometry(LEVELS, level)
+    n, valid, py, px = block_positions(pid * BLOCK, h * w, w, BLOCK)
     offs_c = tl.arange(0, CQP)
     k_base = K + b * NK * CQP
     sq = tl.zeros([BLOCK], dtype=tl.float32)
@@ -95,10 +90,7 @@ def pyramid_fwd_kernel(
     b = tl.program_id(2).to(tl.int64)
     HW = H * W
 
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    qvalid = offs_m < HW
-    qy = offs_m // W
-    qx = offs_m - qy * W
+    offs_m, qvalid, qy, qx = block_positions(pid_m * BLOCK_M, HW, W, BLOCK_M)
     offs_cq = tl.arange(0, CQP)
     offs_cv = pid_v * CV_BLOCK + tl.arange(0, CV_BLOCK)
     q_base = Q + b * HW * CQP
@@ -117,17 +109,10 @@ def pyramid_fwd_kernel(
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    offs_n0 = tl.arange(0, BLOCK_N)
     for level in range(n_levels):
-        off = tl.load(LEVELS + 3 * level)
-        hl = tl.load(LEVELS + 3 * level + 1)
-        wl = tl.load(LEVELS + 3 * level + 2)
-        nl = hl * wl
-        for n0 in range(0, nl, BLOCK_N):
-            offs_n = n0 + offs_n0
-            kvalid = offs_n < nl
-            py = offs_n // wl
-            px = offs_n - py * wl
+        off, hl, wl = level_geometry(LEVELS, level)
+        for n0 in range(0, hl * wl, BLOCK_N):
+            offs_n, kvalid, py, px = block_positions(n0, hl * wl, wl, BLOCK_N)
             # Rows of the k*k shifted key positions; -1 marks zero padding (and keys past the level).
             rows = ()
             s = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
