@@ -58,7 +58,50 @@ def _zero_(conv: nn.Conv2d) -> None:
         nn.init.zeros_(conv.bias)
 
 
-class TinyPANet(nn.Module):
+class _TinyNet(nn.Module):
+    """What the tiny models share: head conv, :func:`_body`, a tail whose last conv starts at
+    zero, and ``y = skip(x) + tail(body(head(x)) + head(x))``; subclasses choose the skip."""
+
+    def __init__(self, scale: int, n_colors: int, n_feats: int, n_resblocks: int, reduction: int,
+                 scales: Sequence[float], recompute_scale_factor: bool, backend: str) -> None:
+        super().__init__()
+        check_int("n_colors", n_colors)
+        self.n_colors = n_colors
+        self.scale = scale
+        self.multiple = 1
+        self.config = model_config(
+            **({"scale": scale} if scale > 1 else {}),  # the constructor arguments of the subclass
+            n_colors=n_colors,
+            n_feats=n_feats,
+            n_resblocks=n_resblocks,
+            reduction=reduction,
+            scales=tuple(float(s) for s in scales),
+            recompute_scale_factor=bool(recompute_scale_factor),
+        )
+        self.head = nn.Sequential(default_conv(n_colors, n_feats, 3))
+        self.body = _body(n_feats, n_resblocks, reduction, scales, recompute_scale_factor, backend)
+        upsampler = [Upsampler(default_conv, scale, n_feats)] if scale > 1 else []
+        self.tail = nn.Sequential(*upsampler, default_conv(n_feats, n_colors, 3))
+        _zero_(self.tail[-1])
+        self._attention_index = n_resblocks // 2
+
+    @property
+    def attention(self) -> PyramidAttention:
+        """The pyramid attention block."""
+        return self.body[self._attention_index]
+
+    def skip(self, x: torch.Tensor) -> torch.Tensor:
+        """The image-level skip connection: what an untrained model outputs."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, n_colors, H, W] -> [B, n_colors, H * scale, W * scale]."""
+        check_image_batch(x, self.n_colors)
+        h = self.head(x)
+        return self.skip(x) + self.tail(self.body(h) + h)
+
+
+class TinyPANet(_TinyNet):
     """Tiny restoration model: x [B, n_colors, H, W] -> x + net(x), same shape.
 
     Args:
@@ -80,42 +123,19 @@ class TinyPANet(nn.Module):
         recompute_scale_factor: bool = True,
         backend: str = "auto",
     ) -> None:
-        super().__init__()
-        check_int("n_colors", n_colors)
-        self.n_colors = n_colors
-        self.scale = 1
-        self.multiple = 1
-        self.config = model_config(
-            n_colors=n_colors,
-            n_feats=n_feats,
-            n_resblocks=n_resblocks,
-            reduction=reduction,
-            scales=tuple(float(s) for s in scales),
-            recompute_scale_factor=bool(recompute_scale_factor),
-        )
-        self.head = nn.Sequential(default_conv(n_colors, n_feats, 3))
-        self.body = _body(n_feats, n_resblocks, reduction, scales, recompute_scale_factor, backend)
-        self.tail = nn.Sequential(default_conv(n_feats, n_colors, 3))
-        _zero_(self.tail[0])
-        self._attention_index = n_resblocks // 2
+        super().__init__(1, n_colors, n_feats, n_resblocks, reduction, scales, recompute_scale_factor, backend)
 
-    @property
-    def attention(self) -> PyramidAttention:
-        """The pyramid attention block."""
-        return self.body[self._attention_index]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x [B, n_colors, H, W] -> [B, n_colors, H, W]."""
-        check_image_batch(x, self.n_colors)
-        h = self.head(x)
-        return x + self.tail(self.body(h) + h)
+    def skip(self, x: torch.Tensor) -> torch.Tensor:
+        """Identity: the network learns the correction."""
+        return x
 
 
-class TinySR(nn.Module):
+class TinySR(_TinyNet):
     """Tiny super-resolution model: x [B, n_colors, H, W] -> [B, n_colors, H*scale, W*scale].
 
     ``y = bicubic(x, scale) + tail(body(head(x)) + head(x))`` with ``tail`` = Upsampler
-    (conv + PixelShuffle) then conv3x3 n_feats -> n_colors.
+    (conv + PixelShuffle) then conv3x3 n_feats -> n_colors. Arguments as :class:`TinyPANet`,
+    plus ``scale`` (2, 3, 4, ...).
     """
 
     def __init__(
@@ -129,34 +149,9 @@ class TinySR(nn.Module):
         recompute_scale_factor: bool = True,
         backend: str = "auto",
     ) -> None:
-        super().__init__()
-        check_int("n_colors", n_colors)
-        self.n_colors = n_colors
-        self.scale = scale
-        self.multiple = 1
-        self.config = model_config(
-            scale=scale,
-            n_colors=n_colors,
-            n_feats=n_feats,
-            n_resblocks=n_resblocks,
-            reduction=reduction,
-            scales=tuple(float(s) for s in scales),
-            recompute_scale_factor=bool(recompute_scale_factor),
-        )
-        self.head = nn.Sequential(default_conv(n_colors, n_feats, 3))
-        self.body = _body(n_feats, n_resblocks, reduction, scales, recompute_scale_factor, backend)
-        self.tail = nn.Sequential(Upsampler(default_conv, scale, n_feats), default_conv(n_feats, n_colors, 3))
-        _zero_(self.tail[1])
-        self._attention_index = n_resblocks // 2
+        check_int("scale", scale, minimum=2)  # scale 1 is TinyPANet
+        super().__init__(scale, n_colors, n_feats, n_resblocks, reduction, scales, recompute_scale_factor, backend)
 
-    @property
-    def attention(self) -> PyramidAttention:
-        """The pyramid attention block."""
-        return self.body[self._attention_index]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x [B, n_colors, H, W] -> [B, n_colors, H*scale, W*scale]."""
-        check_image_batch(x, self.n_colors)
-        h = self.head(x)
-        skip = F.interpolate(x, scale_factor=self.scale, mode="bicubic", align_corners=False)
-        return skip + self.tail(self.body(h) + h)
+    def skip(self, x: torch.Tensor) -> torch.Tensor:
+        """Bicubic upsampling by ``scale``."""
+        return F.interpolate(x, scale_factor=self.scale, mode="bicubic", align_corners=False)
