@@ -5,6 +5,7 @@ import torch
 
 from op_inputs import make_inputs
 from tri_panet import available_backends
+from tri_panet.models import create
 from tri_panet.nn import PyramidAttention
 
 
@@ -14,10 +15,11 @@ def test_custom_ops_pass_opcheck():
     torch.library.opcheck(torch.ops.tri_panet.pyramid_attention_forward.default, args)
 
 
-def _block_and_input(backend="torch"):
+def _block_and_input(backend="torch", device="cpu"):
     torch.manual_seed(0)
     torch._dynamo.reset()
-    return PyramidAttention(channels=8, reduction=2, backend=backend), torch.randn(2, 8, 9, 7)
+    block = PyramidAttention(channels=8, reduction=2, backend=backend).to(device)
+    return block, torch.randn(2, 8, 9, 7, device=device)
 
 
 def test_inductor_compiled_block_matches_eager_inference():
@@ -27,31 +29,47 @@ def test_inductor_compiled_block_matches_eager_inference():
         torch.testing.assert_close(compiled(x), block(x), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize(
-    "compiler, backend",
-    [
-        ("aot_eager", "torch"),
-        ("aot_eager", "triton"),  # the Triton kernels (interpreted on CPU) behind the same custom ops
-        ("inductor", "torch"),  # needs tri_panet.resize: see docs/KNOWN_ISSUES.md
-    ],
-)
-def test_compiled_block_matches_eager_forward_and_backward(compiler, backend):
-    if backend not in available_backends():
-        pytest.skip("triton is not installed")
-    block, x = _block_and_input(backend)
-    compiled = torch.compile(block, fullgraph=True, backend=compiler)
+def _assert_compiled_matches_eager(model, x, compiler):
+    """Forward and every gradient (input and parameters) of torch.compile(model, fullgraph=True) vs eager."""
+    compiled = torch.compile(model, fullgraph=True, backend=compiler)
     x_eager, x_compiled = x.clone().requires_grad_(), x.clone().requires_grad_()
 
-    eager_out = block(x_eager)
+    eager_out = model(x_eager)
     eager_out.square().sum().backward()
-    eager_grads = [x_eager.grad] + [p.grad.clone() for p in block.parameters()]
-    block.zero_grad()
+    eager_grads = [x_eager.grad] + [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
 
     compiled_out = compiled(x_compiled)
     compiled_out.square().sum().backward()
-    compiled_grads = [x_compiled.grad] + [p.grad for p in block.parameters()]
+    compiled_grads = [x_compiled.grad] + [p.grad for p in model.parameters()]
 
     torch.testing.assert_close(compiled_out, eager_out, rtol=1e-5, atol=1e-5)
     for c, e in zip(compiled_grads, eager_grads):
         # float32 sums over every pixel, taken in another order: 1e-3 relative.
         torch.testing.assert_close(c, e, rtol=1e-3, atol=1e-4 * e.abs().max().item())
+
+
+@pytest.mark.parametrize(
+    "compiler, backend, device",
+    [
+        ("aot_eager", "torch", "cpu"),
+        ("aot_eager", "triton", "cpu"),  # the Triton kernels (interpreted on CPU) behind the same custom ops
+        ("inductor", "torch", "cpu"),  # needs tri_panet.resize: see docs/KNOWN_ISSUES.md
+        pytest.param("inductor", "triton", "cuda", marks=pytest.mark.cuda),
+    ],
+)
+def test_compiled_block_matches_eager_forward_and_backward(compiler, backend, device):
+    if backend not in available_backends():
+        pytest.skip("triton is not installed")
+    block, x = _block_and_input(backend, device)
+    _assert_compiled_matches_eager(block, x, compiler)
+
+
+def test_inductor_compiled_tiny_model_matches_eager_forward_and_backward():
+    """A whole network around the block (convs, ResBlocks, skips), as users train it."""
+    torch.manual_seed(0)
+    torch._dynamo.reset()
+    model = create("tiny-denoise", n_feats=8, n_resblocks=2, backend="torch")
+    for p in model.parameters():  # the tail starts at zero: make every path carry gradient
+        torch.nn.init.normal_(p, std=0.1)
+    _assert_compiled_matches_eager(model, torch.rand(1, 3, 12, 10), "inductor")
