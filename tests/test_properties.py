@@ -21,7 +21,7 @@ def configs(draw):
         level_sizes=draw(st.lists(sizes, min_size=1, max_size=6)),
         patch_size=draw(st.sampled_from([1, 3, 5])),
         softmax_scale=draw(st.sampled_from([0.5, 10.0, 30.0])),
-        tile_bytes=draw(st.sampled_from([1, 5000, None])),
+        tile_bytes=draw(st.sampled_from([1, 5000, 40000, None])),  # 1 query per tile .. the whole image
         seed=draw(st.integers(0, 2**16)),
     )
 

@@ -18,7 +18,7 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("tile_bytes", [None, 1])  # default budget, and one query row per tile
+@pytest.mark.parametrize("tile_bytes", [None, 1])  # default budget, and one query per tile
 @pytest.mark.parametrize("batch, cq, cv, query_size, level_sizes, patch_size", CASES)
 def test_forward_matches_reference_float32(batch, cq, cv, query_size, level_sizes, patch_size, tile_bytes):
     query, keys, values = make_inputs(batch, cq, cv, query_size, level_sizes)
