@@ -95,6 +95,7 @@ def test_query_tile_shape_respects_budget():
     assert query_tile_shape(1000, 1000, 100, 1, 4, 40000) == (10, 10)
     assert query_tile_shape(1000, 1000, 100, 2, 4, 40000) == (7, 7)  # 50 queries: 49 of them, square
     assert query_tile_shape(1000, 1000, 100, 1, 4, 1) == (1, 1)  # never an empty tile
+    assert query_tile_shape(1000, 1000, 100, 1, 4, 1, min_queries=1000) == (32, 31)  # GPU floor: ~ one row of queries
     assert query_tile_shape(7, 5, 100, 1, 4, 10**9) == (7, 5)  # never larger than the image
     assert query_tile_shape(2, 1000, 100, 1, 4, 40000) == (2, 50)  # short images get wide tiles
     # balanced: 23 columns in tiles of at most 10 -> 3 tiles of 8 (not 10, 10, 3)

@@ -49,17 +49,26 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def query_tile_shape(height: int, width: int, n_keys: int, buffers: int, elem_bytes: int, budget: int) -> tuple[int, int]:
+def query_tile_shape(height: int, width: int, n_keys: int, buffers: int, elem_bytes: int, budget: int,
+                     min_queries: int = 1) -> tuple[int, int]:
     """(rows, cols) of a query tile: ``buffers`` [rows, cols, n_keys] tiles fit in ``budget`` bytes.
 
-    As square as the image allows (the halo overhead is smallest for squares), at least one
-    query, and balanced so that the last tile of a row or column is not a sliver.
+    As square as the image allows (the halo overhead is smallest for squares), of about
+    ``min_queries`` queries or more whatever the budget, and balanced so that the last tile
+    of a row or column is not a sliver.
     """
-    queries = max(1, budget // max(1, n_keys * elem_bytes * buffers))
+    queries = max(1, min_queries, budget // max(1, n_keys * elem_bytes * buffers))
     cols = min(width, max(1, math.isqrt(queries)))
     rows = min(height, max(1, queries // cols))
     cols = min(width, max(cols, queries // rows))  # a short image leaves room for wider tiles
     return _balanced(height, rows), _balanced(width, cols)
+
+
+def _min_tile_queries(x: torch.Tensor) -> int:
+    """Fewest queries per tile on ``x``'s device. On a GPU a tile's cost is dozens of kernel
+    launches rather than its halo FLOPs, so tiles keep at least one image row of queries
+    (what the row-tiled version of this backend used); on a CPU, one query."""
+    return x.shape[-1] if x.device.type == "cuda" else 1
 
 
 def _balanced(size: int, tile: int) -> int:
@@ -229,7 +238,8 @@ def tiled_forward(
     k, r = patch_size, patch_size // 2
     batch, _, height, width = query.shape
     n_keys = sum(x.shape[2] * x.shape[3] for x in keys)
-    rows, cols = query_tile_shape(height, width, n_keys, _FORWARD_TILES, torch.finfo(dtype).bits // 8, tile_bytes)
+    rows, cols = query_tile_shape(height, width, n_keys, _FORWARD_TILES, torch.finfo(dtype).bits // 8, tile_bytes,
+                                  _min_tile_queries(query))
     scores_buffer = query.new_empty(rows * cols * n_keys, dtype=dtype)
     lse = query.new_empty(batch, height, width, dtype=dtype)
     out = query.new_zeros(batch, height + 2 * r, width + 2 * r, values[0].shape[1], dtype=dtype)
@@ -278,7 +288,8 @@ def tiled_backward(
     k, r = patch_size, patch_size // 2
     batch, _, height, width = query.shape
     n_keys = sum(x.shape[2] * x.shape[3] for x in keys)
-    rows, cols = query_tile_shape(height, width, n_keys, _BACKWARD_TILES, torch.finfo(dtype).bits // 8, tile_bytes)
+    rows, cols = query_tile_shape(height, width, n_keys, _BACKWARD_TILES, torch.finfo(dtype).bits // 8, tile_bytes,
+                                  _min_tile_queries(query))
     raw_buffer = query.new_empty(rows * cols * n_keys, dtype=dtype)
     probs_buffer = torch.empty_like(raw_buffer)
     grad_buffer = torch.empty_like(raw_buffer)
