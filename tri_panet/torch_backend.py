@@ -263,7 +263,6 @@ def tiled_forward(
             _add_window(out[b], y0, x0, n_rows, n_cols, r, pasted_values)
     result = out[:, r : r + height, r : r + width].permute(0, 3, 1, 2) / fold_divisor
     return result.to(query.dtype).contiguous(), lse.view(batch, -1)
-    return result.to(query.dtype).contiguous(), lse.view(batch, -1)
 
 
 def tiled_backward(
