@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch._dynamo.testing
 
 from op_inputs import make_inputs
 from tri_panet import available_backends
@@ -27,6 +28,19 @@ def test_inductor_compiled_block_matches_eager_inference():
     compiled = torch.compile(block, fullgraph=True)  # fullgraph: any graph break raises
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), block(x), rtol=1e-5, atol=1e-5)
+
+
+def test_dynamic_shapes_compile_once_for_several_sizes():
+    """dynamic=True: one graph serves several image sizes (the pyramid sizes, the custom ops'
+    fakes and the scalar checks all work on symbolic values)."""
+    block, _ = _block_and_input()
+    counter = torch._dynamo.testing.CompileCounter()
+    compiled = torch.compile(block, fullgraph=True, dynamic=True, backend=counter)
+    with torch.no_grad():
+        for size in [(9, 7), (12, 10), (15, 11)]:
+            x = torch.randn(1, 8, *size)
+            torch.testing.assert_close(compiled(x), block(x), rtol=1e-5, atol=1e-5)
+    assert counter.frame_count == 1
 
 
 def _assert_compiled_matches_eager(model, x, compiler):

@@ -20,7 +20,9 @@ def check_positive_finite(name: str, value: object) -> float:
     """Return ``value`` as a float, or raise if it is not a finite real number > 0."""
     if isinstance(value, bool) or not isinstance(value, Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    if not math.isfinite(value) or value <= 0:
+    # Comparisons rather than math.isfinite: they also work on the symbolic floats of
+    # torch.compile(dynamic=True) (NaN fails both, inf the second).
+    if not 0 < value < math.inf:
         raise ValueError(f"{name} must be finite and > 0, got {value!r}")
     return float(value)
 
