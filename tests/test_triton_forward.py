@@ -11,6 +11,7 @@ import torch
 
 pytest.importorskip("triton")
 
+from op_inputs import make_inputs  # noqa: E402
 from tri_panet import pyramid_attention  # noqa: E402
 from tri_panet.functional import available_backends, resolve_backend  # noqa: E402
 from tri_panet.reference import pyramid_attention_reference  # noqa: E402
@@ -20,14 +21,6 @@ from tri_panet import triton_backend as tb  # noqa: E402
 needs_interpreter = pytest.mark.skipif(not tb.interpreting(), reason="needs TRITON_INTERPRET=1 (CPU tests)")
 
 OPTS = dict(softmax_scale=10.0, key_eps=1e-4, fold_divisor=4.0)
-
-
-def make_inputs(batch, cq, cv, size, level_sizes, dtype=torch.float32, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    query = torch.randn(batch, cq, *size, generator=g).to(dtype)
-    keys = [torch.randn(batch, cq, h, w, generator=g).to(dtype) for h, w in level_sizes]
-    values = [torch.randn(batch, cv, h, w, generator=g).to(dtype) for h, w in level_sizes]
-    return query, keys, values
 
 
 def reference_lse(query, keys, values, patch_size, **opts):
