@@ -195,6 +195,24 @@ def _restore_plan(inp: Path, out: Path) -> list[tuple[Path, Path]]:
     return [(inp, out)]
 
 
+#: Queries above which whole-image attention on a CPU gets a notice (256 x 256 pixels).
+CPU_WHOLE_IMAGE_NOTICE = 256 * 256
+
+
+def _whole_image_cpu_notice(model, x, tile) -> str | None:
+    """A one-line hint when one image will run whole-image attention on a CPU at a size where that
+    takes minutes (every query attends to every key of 5 levels: the work grows as (H W)^2)."""
+    param = next(model.parameters(), None)
+    queries = x.shape[-2] * x.shape[-1]
+    if tile or param is None or param.device.type != "cpu" or queries <= CPU_WHOLE_IMAGE_NOTICE:
+        return None
+    return (
+        f"note: whole-image attention at {x.shape[-2]}x{x.shape[-1]} on the CPU: each of {queries:,} queries attends "
+        f"to every key of the pyramid, which can take many minutes; --tile 128 restores in tiles (less context), "
+        f"a GPU runs it whole"
+    )
+
+
 def cmd_restore(args) -> int:
     import torch
     from tqdm.auto import tqdm
@@ -232,6 +250,7 @@ def cmd_restore(args) -> int:
             _read_input(src, n_colors, task)
     print(f"restoring {len(plan)} image(s) with {name or source} ({source}), task {task}")
     bar = tqdm(plan, unit="img", disable=len(plan) < 2, file=sys.stderr)
+    noticed = False  # the whole-image CPU hint, once per run
     for i, (src, dst) in enumerate(bar):
         x = _read_input(src, n_colors if task != "demosaic" else 3, task)
         clean = None
@@ -241,6 +260,10 @@ def cmd_restore(args) -> int:
 
             clean = modcrop(x, scale) if task == "sr" else x
             x = deg(clean, sample_generator(args.seed, 0, i))
+        notice = _whole_image_cpu_notice(model, x, args.tile)
+        if notice and not noticed:
+            print(notice, file=sys.stderr)
+            noticed = True
         y = restore(model, x, tile=args.tile, tile_overlap=args.tile_overlap, self_ensemble=args.self_ensemble, dtype=dtype)
         save_image(y.float().cpu(), dst, overwrite=args.force)
         if clean is not None:
