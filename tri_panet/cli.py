@@ -309,6 +309,10 @@ def cmd_eval(args) -> int:
     print(f"model {name or '?'} ({source}); data {args.data} ({len(pairs)} images"
           f"{f', centre crop {args.crop}' if args.crop else ''}); {_describe_degradation(task, deg, args.seed)}")
     print(f"metric: PSNR (dB) / SSIM, {conv_txt}; tile {args.tile or 'none'}{', x8 self-ensemble' if args.self_ensemble else ''}")
+    largest = max(pairs, key=lambda p: p.degraded.shape[-2] * p.degraded.shape[-1], default=None)
+    notice = largest and _whole_image_cpu_notice(model, largest.degraded, args.tile)
+    if notice:
+        print(notice, file=sys.stderr)
     width = max([len(p.name) for p in pairs] + [5])
     head = f"{'image':<{width}}  {base + ' PSNR':>13} {'SSIM':>7}  {'model PSNR':>10} {'SSIM':>7}  {'time s':>7}"
     print(head)
