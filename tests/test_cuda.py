@@ -9,6 +9,7 @@ import torch
 
 pytest.importorskip("triton")
 
+from op_inputs import pyramid_sizes  # noqa: E402
 from tri_panet import pyramid_attention  # noqa: E402
 from tri_panet.functional import resolve_backend  # noqa: E402
 from tri_panet.reference import pyramid_attention_reference  # noqa: E402
@@ -18,7 +19,6 @@ from tri_panet import triton_backend as tb  # noqa: E402
 pytestmark = pytest.mark.cuda
 
 OPTS = dict(softmax_scale=10.0, key_eps=1e-4, fold_divisor=4.0)
-SCALES = (1.0, 0.9, 0.8, 0.7, 0.6)
 
 
 def make_inputs(batch, cq, cv, size, level_sizes, dtype=torch.float32, seed=0):
@@ -27,10 +27,6 @@ def make_inputs(batch, cq, cv, size, level_sizes, dtype=torch.float32, seed=0):
     keys = [torch.randn(batch, cq, h, w, generator=g, device="cuda").to(dtype) for h, w in level_sizes]
     values = [torch.randn(batch, cv, h, w, generator=g, device="cuda").to(dtype) for h, w in level_sizes]
     return query, keys, values
-
-
-def pyramid_sizes(h, w, scales=SCALES):
-    return [(int(float(h) * s), int(float(w) * s)) for s in scales]
 
 
 @pytest.fixture

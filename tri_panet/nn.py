@@ -9,7 +9,7 @@ from torch import nn
 
 from ._checks import check_patch_size, check_positive_finite, check_scales
 from .functional import pyramid_attention, resolve_backend
-from .resize import bicubic_downscale
+from .resize import bicubic_downscale, level_size
 
 #: The official pyramid, computed as the official code does: 1.0, 0.9, 0.8, 0.7, 0.6.
 DEFAULT_SCALES = tuple(1 - i / 10 for i in range(5))
@@ -27,7 +27,7 @@ def build_pyramid(x: torch.Tensor, scales: Sequence[float], recompute_scale_fact
         if s == 1:
             levels.append(x)
             continue
-        size = (int(float(x.shape[2]) * s), int(float(x.shape[3]) * s))
+        size = level_size(x.shape[2], x.shape[3], s)
         if min(size) < 1:
             raise ValueError(
                 f"x of spatial size {tuple(x.shape[2:])} is too small for pyramid scale {s}: "

@@ -50,11 +50,17 @@ def _backward(ctx, grad):
 _bicubic_resize.register_autograd(_backward, setup_context=_setup_context)
 
 
+def level_size(height: int, width: int, scale: float) -> tuple[int, int]:
+    """Size of a map of height x width resized by ``scale``, as ``F.interpolate`` computes it:
+    (floor(float(height) * scale), floor(float(width) * scale))."""
+    return int(float(height) * scale), int(float(width) * scale)
+
+
 def bicubic_downscale(x: torch.Tensor, scale: float, recompute_scale_factor: bool = True) -> torch.Tensor:
     """``F.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False, ...)``, same result.
 
-    x [B, C, H, W] -> [B, C, floor(H * scale), floor(W * scale)]. ``recompute_scale_factor``
-    as in ``F.interpolate``: True samples with the ratio of sizes, False with 1 / scale.
+    x [B, C, H, W] -> [B, C, *level_size(H, W, scale)]. ``recompute_scale_factor`` as in
+    ``F.interpolate``: True samples with the ratio of sizes, False with 1 / scale.
     """
-    height, width = int(float(x.shape[2]) * scale), int(float(x.shape[3]) * scale)
+    height, width = level_size(x.shape[2], x.shape[3], scale)
     return _bicubic_resize(x, height, width, None if recompute_scale_factor else float(scale))

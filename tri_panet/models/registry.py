@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import copy
 import inspect
+import math
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from ..nn import PyramidAttention, build_pyramid
+from ..resize import level_size
 from .paedsr import PAEDSR
 from .panet import PANet
 from .tiny import TinyPANet, TinySR
@@ -130,9 +132,8 @@ def attention_flops(block: PyramidAttention, size: tuple[int, int]) -> int:
     """
     h, w = size
     keys = 0
-    for s in block.scales:
-        # the level sizes torch produces (floor(float(H) * s)), as build_pyramid computes them
-        keys += h * w if s == 1 else int(float(h) * s) * int(float(w) * s)
+    for s in block.scales:  # the level sizes build_pyramid produces (scale 1: the map itself)
+        keys += math.prod(level_size(h, w, s))
     k2 = block.patch_size**2
     d_qk = block.conv_match_L_base[0].out_channels * k2
     d_v = block.conv_assembly[0].out_channels * k2
