@@ -5,23 +5,13 @@ import torch
 
 pytest.importorskip("triton")
 
-from op_inputs import make_inputs  # noqa: E402
+from op_inputs import gradients, make_inputs  # noqa: E402
 from tri_panet import triton_backend as tb  # noqa: E402
 from tri_panet.reference import pyramid_attention_reference  # noqa: E402
 
 needs_interpreter = pytest.mark.skipif(not tb.interpreting(), reason="needs TRITON_INTERPRET=1 (CPU tests)")
 
 OPTS = dict(softmax_scale=10.0, key_eps=1e-4, fold_divisor=4.0)
-
-
-def gradients(fn, query, keys, values, grad_out, **kw):
-    """(out, dq, dks, dvs) of ``fn`` for the upstream gradient ``grad_out``."""
-    q = query.detach().requires_grad_()
-    ks = [k.detach().requires_grad_() for k in keys]
-    vs = [v.detach().requires_grad_() for v in values]
-    out = fn(q, ks, vs, **kw)
-    out.backward(grad_out)
-    return out.detach(), q.grad, [k.grad for k in ks], [v.grad for v in vs]
 
 
 def max_error(a, b):

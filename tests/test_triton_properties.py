@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 pytest.importorskip("triton")
 
-from op_inputs import make_inputs  # noqa: E402
+from op_inputs import gradients, make_inputs  # noqa: E402
 from tri_panet import triton_backend as tb  # noqa: E402
 from tri_panet.reference import pyramid_attention_reference  # noqa: E402
 
@@ -51,11 +51,9 @@ def test_triton_forward_and_gradients_match_reference(cfg):
     grad_out = torch.randn(cfg["batch"], cfg["cv"], *cfg["query_size"], generator=torch.Generator().manual_seed(1))
 
     def run(fn, dtype):
-        inputs = [t.detach().to(DEVICE, dtype).requires_grad_() for t in (query, *keys, *values)]
-        n = len(keys)
-        out = fn(inputs[0], inputs[1 : 1 + n], inputs[1 + n :], **options)
-        grads = torch.autograd.grad(out, inputs, grad_out.to(DEVICE, dtype))
-        return [t.cpu() for t in (out, *grads)]
+        q, ks, vs = query.to(DEVICE, dtype), [k.to(DEVICE, dtype) for k in keys], [v.to(DEVICE, dtype) for v in values]
+        out, dq, dks, dvs = gradients(fn, q, ks, vs, grad_out.to(DEVICE, dtype), **options)
+        return [t.cpu() for t in (out, dq, *dks, *dvs)]
 
     got = run(tb.pyramid_attention_triton, torch.float32)
     expected = run(pyramid_attention_reference, torch.float64)
