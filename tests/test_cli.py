@@ -262,9 +262,10 @@ def test_demo(weights, tmp_path, capsys, monkeypatch):
 def test_whole_image_cpu_notice_only_for_large_untiled_cpu_images():
     from tri_panet.cli import _whole_image_cpu_notice
 
-    model = create("tiny-denoise", **TINY)
+    cpu = torch.device("cpu")
     big, small = torch.zeros(3, 300, 260), torch.zeros(3, 32, 32)
-    notice = _whole_image_cpu_notice(model, big, tile=None)
+    notice = _whole_image_cpu_notice(cpu, big, tile=None)
     assert notice is not None and "300x260" in notice and "--tile" in notice
-    assert _whole_image_cpu_notice(model, big, tile=128) is None
-    assert _whole_image_cpu_notice(model, small, tile=None) is None
+    assert _whole_image_cpu_notice(cpu, big, tile=128) is None
+    assert _whole_image_cpu_notice(cpu, small, tile=None) is None
+    assert _whole_image_cpu_notice(torch.device("cuda"), big, tile=None) is None

@@ -199,12 +199,11 @@ def _restore_plan(inp: Path, out: Path) -> list[tuple[Path, Path]]:
 CPU_WHOLE_IMAGE_NOTICE = 256 * 256
 
 
-def _whole_image_cpu_notice(model, x, tile) -> str | None:
-    """A one-line hint when one image will run whole-image attention on a CPU at a size where that
-    takes minutes (every query attends to every key of 5 levels: the work grows as (H W)^2)."""
-    param = next(model.parameters(), None)
+def _whole_image_cpu_notice(device, x, tile) -> str | None:
+    """A one-line hint when image ``x`` will run whole-image attention on ``device``, a CPU, at a size
+    where that takes minutes (every query attends to every key of 5 levels: the work grows as (H W)^2)."""
     queries = x.shape[-2] * x.shape[-1]
-    if tile or param is None or param.device.type != "cpu" or queries <= CPU_WHOLE_IMAGE_NOTICE:
+    if tile or device.type != "cpu" or queries <= CPU_WHOLE_IMAGE_NOTICE:
         return None
     return (
         f"note: whole-image attention at {x.shape[-2]}x{x.shape[-1]} on the CPU: each of {queries:,} queries attends "
@@ -250,7 +249,7 @@ def cmd_restore(args) -> int:
             _read_input(src, n_colors, task)
     print(f"restoring {len(plan)} image(s) with {name or source} ({source}), task {task}")
     bar = tqdm(plan, unit="img", disable=len(plan) < 2, file=sys.stderr)
-    noticed = False  # the whole-image CPU hint, once per run
+    device, noticed = _device(args.device), False  # the whole-image CPU hint, once per run
     for i, (src, dst) in enumerate(bar):
         x = _read_input(src, n_colors if task != "demosaic" else 3, task)
         clean = None
@@ -260,7 +259,7 @@ def cmd_restore(args) -> int:
 
             clean = modcrop(x, scale) if task == "sr" else x
             x = deg(clean, sample_generator(args.seed, 0, i))
-        notice = _whole_image_cpu_notice(model, x, args.tile)
+        notice = _whole_image_cpu_notice(device, x, args.tile)
         if notice and not noticed:
             print(notice, file=sys.stderr)
             noticed = True
@@ -310,7 +309,7 @@ def cmd_eval(args) -> int:
           f"{f', centre crop {args.crop}' if args.crop else ''}); {_describe_degradation(task, deg, args.seed)}")
     print(f"metric: PSNR (dB) / SSIM, {conv_txt}; tile {args.tile or 'none'}{', x8 self-ensemble' if args.self_ensemble else ''}")
     largest = max(pairs, key=lambda p: p.degraded.shape[-2] * p.degraded.shape[-1], default=None)
-    notice = largest and _whole_image_cpu_notice(model, largest.degraded, args.tile)
+    notice = largest and _whole_image_cpu_notice(_device(args.device), largest.degraded, args.tile)
     if notice:
         print(notice, file=sys.stderr)
     width = max([len(p.name) for p in pairs] + [5])

@@ -363,8 +363,8 @@ def pyramid_attention_torch(
     """Tiled pyramid attention with recomputing backward; same contract as the reference.
 
     query [B, Cq, H, W], keys[l] [B, Cq, H_l, W_l], values[l] [B, Cv, H_l, W_l] -> [B, Cv, H, W].
-    ``tile_bytes`` bounds the score tiles (default ``DEFAULT_TILE_BYTES``); at least one
-    query is processed at a time whatever the budget.
+    ``tile_bytes`` bounds the score tiles (default ``DEFAULT_TILE_BYTES``); whatever the
+    budget, a tile holds at least one query (on CUDA about one image row of them).
     """
     return pyramid_attention_op(
         query,
