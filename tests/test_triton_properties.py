@@ -3,7 +3,7 @@
 Forward and all input gradients, float32 inputs, against the naive reference run in float64
 on the same values. Sizes stay tiny (the interpreter costs ~1 ms per program) but every
 draw mixes level counts, levels larger or smaller than the query map, patch sizes, channel
-counts that need padding, batch > 1 and the softmax scale. Derandomised so that CI sees
+counts that need padding, batch > 1 and the softmax scale. Seeded so that CI sees
 the same draws every run; set TRI_PANET_HYPOTHESIS_EXAMPLES to explore more.
 """
 
@@ -11,7 +11,7 @@ import os
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import given, seed, settings
 from hypothesis import strategies as st
 
 pytest.importorskip("triton")
@@ -42,7 +42,8 @@ def configs(draw):
     )
 
 
-@settings(max_examples=EXAMPLES, deadline=None, derandomize=True)
+@seed(0)  # fixed draws, whatever the test's source (derandomize would hash it): a stable CI cost
+@settings(max_examples=EXAMPLES, deadline=None)
 @given(configs())
 def test_triton_forward_and_gradients_match_reference(cfg):
     query, keys, values = make_inputs(cfg["batch"], cfg["cq"], cfg["cv"], cfg["query_size"], cfg["level_sizes"],
