@@ -120,6 +120,7 @@ def _launch_entry(rank: int, fn: Callable, world_size: int, init_file: str, thre
     init_distributed("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     try:
         fn(rank, world_size, *args)
+        barrier()  # leave together: no rank tears its gloo pairs down while a peer still uses them
     finally:
         cleanup()
 
