@@ -28,7 +28,7 @@ stamp="$(date -u +%Y%m%d-%H%M%S)"
 report() {  # report NAME ARGS...: one table per stage, named after the GPU
     local name="$1"; shift
     local slug
-    slug="$("$python" -c "from tri_panet.benchmarking import device_slug; print(device_slug('cuda'))")"
+    slug="$(cd bench && "$python" -c "from report import device_slug; print(device_slug('cuda'))")"
     "$python" bench/report.py --device cuda "$@" --out "$out_dir/${slug}_${stamp}_${name}.txt"
 }
 

@@ -12,7 +12,7 @@ import time
 import torch
 
 from tri_panet.nn import DEFAULT_SCALES, build_pyramid
-from tri_panet.torch_backend import pyramid_attention_torch
+from tri_panet.ops import pyramid_attention_torch
 
 
 def main(size: int) -> None:

@@ -1,10 +1,11 @@
-"""pytest-benchmark cases: pyramid attention in the PANet configuration (one image).
+"""pytest-benchmark cases: pyramid attention in the PANet configuration (one image), and
+the functional op in the tiny models' configuration (Cq 16, Cv 32) at 48 and 96 px.
 
 Implementations: naive ``reference``, tiled ``torch`` backend, ``sdpa`` (unfold + SDPA +
 fold, what a PyTorch user would write), ``sdpa_pad`` (the same with q/k zero-padded so
 SDPA's fused kernels qualify) and ``triton`` (CUDA only); as the functional op and as the
 whole ``PyramidAttention`` block; forward and forward+backward. The cases themselves live
-in ``tri_panet.benchmarking`` (shared with bench/report.py). Groups compare the
+in ``harness.py`` (shared with report.py). Groups compare the
 implementations at one size, dtype and pass; ``extra_info`` holds FLOPs and GFLOP/s
 (1728 FLOPs per query-key pair forward, forward+backward counted 3.5x).
 
@@ -12,19 +13,24 @@ Run: ``pytest --benchmark-only bench/``. Environment knobs:
 - TRI_PANET_BENCH_DEVICE: "cpu" (default) or "cuda";
 - TRI_PANET_BENCH_SIZES: image sides in px (default "32 48 64 96");
 - TRI_PANET_BENCH_DTYPES: e.g. "float32 bfloat16" (default "float32");
+- TRI_PANET_BENCH_TINY_SIZES: image sides of the tiny-config op cases (default "48 96";
+  empty: none);
 - TRI_PANET_BENCH_BUDGET_GB: skip cases estimated to need more memory (default 6).
+
+The tiny models' training step and restore are in ``test_bench_models.py``.
 """
 
 import os
 
+import harness as B
 import pytest
 import torch
-
-from tri_panet import benchmarking as B
+from memory import estimated_peak_bytes
 
 DEVICE = os.environ.get("TRI_PANET_BENCH_DEVICE", "cpu")
 SIZES = [int(s) for s in os.environ.get("TRI_PANET_BENCH_SIZES", "32 48 64 96").split()]
 DTYPES = os.environ.get("TRI_PANET_BENCH_DTYPES", "float32").split()
+TINY_SIZES = [int(s) for s in os.environ.get("TRI_PANET_BENCH_TINY_SIZES", "48 96").split()]
 BUDGET_BYTES = int(float(os.environ.get("TRI_PANET_BENCH_BUDGET_GB", "6")) * 1e9)
 
 CASES = [
@@ -32,6 +38,12 @@ CASES = [
     for size in SIZES
     for backward in (False, True)
     for kind in B.KINDS
+    for dtype in DTYPES
+    for impl in B.IMPLEMENTATIONS
+] + [
+    B.Case(impl, "op", size, dtype, backward, DEVICE, config="tiny")
+    for size in TINY_SIZES
+    for backward in (False, True)
     for dtype in DTYPES
     for impl in B.IMPLEMENTATIONS
 ]
@@ -54,7 +66,7 @@ def skip_reason(case: B.Case) -> str | None:
         return "TRI_PANET_BENCH_DEVICE=cuda but no CUDA device is available"
     if case.impl == "triton" and not B.triton_available(case.device):
         return "triton: benchmarked on CUDA only, with the 'triton' backend registered"
-    estimate = B.estimated_peak_bytes(case)
+    estimate = estimated_peak_bytes(case)
     if estimate > BUDGET_BYTES:
         return (
             f"{case.impl} would need ~{estimate / 1e9:.1f} GB of memory "
@@ -69,8 +81,9 @@ def test_pyramid_attention(benchmark, case):
     if reason:
         pytest.skip(reason)
     run = B.build_runner(case)
-    flops = B.case_flops(case.size, case.backward)
-    benchmark.group = f"{case.kind} {case.size}px {case.dtype} {case.pass_name}"
+    flops = B.case_flops(case.size, case.backward, case.config)
+    prefix = "" if case.config == "panet" else f"{case.config} "
+    benchmark.group = f"{prefix}{case.kind} {case.size}px {case.dtype} {case.pass_name}"
     benchmark.extra_info.update(flops=flops, queries_keys=B.query_key_pairs(case.size))
 
     def timed():

@@ -19,6 +19,16 @@ def shifted(y, x, valid, h, w, D, PATCH: tl.constexpr):
 
 
 @triton.jit
+def row_offsets(idx, stride):
+    """Element offsets ``idx * stride`` of rows ``idx`` of a map stored row by row (a channel-last
+    map: position rows of ``stride`` channels), in 64 bits. Positions fit int32, positions x
+    channels do not always: with PA-EDSR's 256 value channels from ~8.4 M keys (the five-level
+    pyramid of a 2560 x 1440 image), with PANet's 64 from ~34 M keys (5K). The multiply is per
+    row, before the broadcast over channels."""
+    return idx.to(tl.int64) * stride
+
+
+@triton.jit
 def level_geometry(LEVELS, level):
     """(offset into the key index space, height, width) of pyramid level ``level`` (LEVELS: int32 [L, 3])."""
     return tl.load(LEVELS + 3 * level), tl.load(LEVELS + 3 * level + 1), tl.load(LEVELS + 3 * level + 2)

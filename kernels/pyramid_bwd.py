@@ -22,7 +22,7 @@ forward, to bound the accumulator registers.
 import triton
 import triton.language as tl
 
-from .common import LOG2E, LN2, block_positions, level_geometry, shifted
+from .common import LN2, LOG2E, block_positions, level_geometry, row_offsets, shifted
 
 
 @triton.jit
@@ -57,9 +57,29 @@ def delta_kernel(
 
 
 @triton.jit
-def _scores_probs(q_base, qy, qx, qvalid, H, W, k_base, py, px, kvalid, off, hl, wl, inv, lse2, qk_scale,
-                  CQP: tl.constexpr, PATCH: tl.constexpr, PRECISION: tl.constexpr,
-                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def _scores_probs(
+    q_base,
+    qy,
+    qx,
+    qvalid,
+    H,
+    W,
+    k_base,
+    py,
+    px,
+    kvalid,
+    off,
+    hl,
+    wl,
+    inv,
+    lse2,
+    qk_scale,
+    CQP: tl.constexpr,
+    PATCH: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
     """(s2, P): base-2 scores [BLOCK_M, BLOCK_N] and probabilities exp2(s2 - lse2), zero off the maps.
 
     The offsets are a runtime loop whose tiles are loaded where they are used: unrolled, the
@@ -70,8 +90,8 @@ def _scores_probs(q_base, qy, qx, qvalid, H, W, k_base, py, px, kvalid, off, hl,
     for d in range(PATCH * PATCH):
         qidx, qin = shifted(qy, qx, qvalid, H, W, d, PATCH)
         kidx, kin = shifted(py, px, kvalid, hl, wl, d, PATCH)
-        q = tl.load(q_base + qidx[:, None] * CQP + offs_c[None, :], mask=qin[:, None], other=0.0)
-        kt = tl.load(k_base + (off + kidx)[None, :] * CQP + offs_c[:, None], mask=kin[None, :], other=0.0)
+        q = tl.load(q_base + row_offsets(qidx, CQP)[:, None] + offs_c[None, :], mask=qin[:, None], other=0.0)
+        kt = tl.load(k_base + row_offsets(off + kidx, CQP)[None, :] + offs_c[:, None], mask=kin[None, :], other=0.0)
         s = tl.dot(q, kt, s, input_precision=PRECISION)
     s2 = s * (inv * qk_scale)[None, :]
     p = tl.math.exp2(s2 - lse2[:, None])
@@ -80,9 +100,28 @@ def _scores_probs(q_base, qy, qx, qvalid, H, W, k_base, py, px, kvalid, off, hl,
 
 
 @triton.jit
-def _grad_probs(g_base, qy, qx, qvalid, H, W, v_base, py, px, kvalid, off, hl, wl, out_scale,
-                CVP: tl.constexpr, CV_BLOCK: tl.constexpr, PATCH: tl.constexpr, PRECISION: tl.constexpr,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def _grad_probs(
+    g_base,
+    qy,
+    qx,
+    qvalid,
+    H,
+    W,
+    v_base,
+    py,
+    px,
+    kvalid,
+    off,
+    hl,
+    wl,
+    out_scale,
+    CVP: tl.constexpr,
+    CV_BLOCK: tl.constexpr,
+    PATCH: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
     """dP [BLOCK_M, BLOCK_N] = <g_i, v_j>: value-patch inner products over the offsets and the
     channel chunks (runtime loops, for the reason given in ``_scores_probs``)."""
     offs_c = tl.arange(0, CV_BLOCK)
@@ -91,30 +130,43 @@ def _grad_probs(g_base, qy, qx, qvalid, H, W, v_base, py, px, kvalid, off, hl, w
         gidx, gin = shifted(qy, qx, qvalid, H, W, d, PATCH)
         vidx, vin = shifted(py, px, kvalid, hl, wl, d, PATCH)
         for c0 in range(0, CVP, CV_BLOCK):
-            g = tl.load(g_base + gidx[:, None] * CVP + c0 + offs_c[None, :], mask=gin[:, None], other=0.0)
-            vt = tl.load(v_base + (off + vidx)[None, :] * CVP + c0 + offs_c[:, None], mask=vin[None, :], other=0.0)
+            g = tl.load(g_base + row_offsets(gidx, CVP)[:, None] + c0 + offs_c[None, :], mask=gin[:, None], other=0.0)
+            vt = tl.load(
+                v_base + row_offsets(off + vidx, CVP)[None, :] + c0 + offs_c[:, None], mask=vin[None, :], other=0.0
+            )
             dp = tl.dot(g, vt, dp, input_precision=PRECISION)
     return dp * out_scale
 
 
 @triton.jit
-def _dot_shifted(accs, weights, base, y, x, valid, h, w, offs_c, STRIDE: tl.constexpr, PATCH: tl.constexpr,
-                 PRECISION: tl.constexpr):
+def _dot_shifted(
+    accs, weights, base, y, x, valid, h, w, offs_c, STRIDE: tl.constexpr, PATCH: tl.constexpr, PRECISION: tl.constexpr
+):
     """accs[d] += weights @ rows (y, x) + d of the channel-last map at ``base`` (channels ``offs_c``),
     for every patch offset d: a patch-sized gradient, one accumulator per offset."""
     new_accs = ()
     for d in tl.static_range(PATCH * PATCH):
         idx, inside = shifted(y, x, valid, h, w, d, PATCH)
-        rows = tl.load(base + idx[:, None] * STRIDE + offs_c[None, :], mask=inside[:, None], other=0.0)
+        rows = tl.load(base + row_offsets(idx, STRIDE)[:, None] + offs_c[None, :], mask=inside[:, None], other=0.0)
         new_accs = new_accs + (tl.dot(weights, rows, accs[d], input_precision=PRECISION),)
     return new_accs
 
 
 @triton.jit
 def dq_kernel(
-    Q, K, V, KINV, LEVELS, G, LSE, DELTA,
+    Q,
+    K,
+    V,
+    KINV,
+    LEVELS,
+    G,
+    LSE,
+    DELTA,
     DQ,  # [B, HW, CQP] float32, zero-initialised: the fold accumulates into it atomically
-    H, W, NK, n_levels,
+    H,
+    W,
+    NK,
+    n_levels,
     qk_scale,  # softmax_scale * log2(e)
     scale,  # softmax_scale
     out_scale,  # 1 / fold_divisor
@@ -142,7 +194,7 @@ def dq_kernel(
     delta = tl.load(DELTA + b * HW + offs_m, mask=qvalid, other=0.0)
     offs_cb = cq0 + tl.arange(0, CQ_BLOCK)
     accs = ()
-    for d in tl.static_range(KK):
+    for _ in tl.static_range(KK):
         accs = accs + (tl.zeros([BLOCK_M, CQ_BLOCK], dtype=tl.float32),)
 
     for level in range(n_levels):
@@ -150,15 +202,58 @@ def dq_kernel(
         for n0 in range(0, hl * wl, BLOCK_N):
             offs_n, kvalid, py, px = block_positions(n0, hl * wl, wl, BLOCK_N)
             inv = tl.load(KINV + b * NK + off + offs_n, mask=kvalid, other=0.0)
-            s2, p = _scores_probs(q_base, qy, qx, qvalid, H, W, k_base, py, px, kvalid, off, hl, wl, inv, lse2,
-                                  qk_scale, CQP, PATCH, PRECISION, BLOCK_M, BLOCK_N)
-            dp = _grad_probs(g_base, qy, qx, qvalid, H, W, v_base, py, px, kvalid, off, hl, wl, out_scale,
-                             CVP, CV_BLOCK, PATCH, PRECISION, BLOCK_M, BLOCK_N)
+            s2, p = _scores_probs(
+                q_base,
+                qy,
+                qx,
+                qvalid,
+                H,
+                W,
+                k_base,
+                py,
+                px,
+                kvalid,
+                off,
+                hl,
+                wl,
+                inv,
+                lse2,
+                qk_scale,
+                CQP,
+                PATCH,
+                PRECISION,
+                BLOCK_M,
+                BLOCK_N,
+            )
+            dp = _grad_probs(
+                g_base,
+                qy,
+                qx,
+                qvalid,
+                H,
+                W,
+                v_base,
+                py,
+                px,
+                kvalid,
+                off,
+                hl,
+                wl,
+                out_scale,
+                CVP,
+                CV_BLOCK,
+                PATCH,
+                PRECISION,
+                BLOCK_M,
+                BLOCK_N,
+            )
             ds = (p * (dp - delta[:, None])).to(Q.dtype.element_ty)
             new_accs = ()
             for d in tl.static_range(KK):
                 kidx, kin = shifted(py, px, kvalid, hl, wl, d, PATCH)
-                k = tl.load(k_base + (off + kidx)[:, None] * CQP + offs_cb[None, :], mask=kin[:, None], other=0.0)
+                k = tl.load(
+                    k_base + row_offsets(off + kidx, CQP)[:, None] + offs_cb[None, :], mask=kin[:, None], other=0.0
+                )
                 k_hat = (k.to(tl.float32) * inv[:, None]).to(K.dtype.element_ty)  # |k_hat| <= 1: safe in half
                 new_accs = new_accs + (tl.dot(ds, k_hat, accs[d], input_precision=PRECISION),)
             accs = new_accs
@@ -166,15 +261,33 @@ def dq_kernel(
     dq_base = DQ + b * HW * CQP
     for d in tl.static_range(KK):
         qidx, qin = shifted(qy, qx, qvalid, H, W, d, PATCH)
-        tl.atomic_add(dq_base + qidx[:, None] * CQP + offs_cb[None, :], accs[d] * scale, mask=qin[:, None],
-                      sem="relaxed")
+        tl.atomic_add(
+            dq_base + row_offsets(qidx, CQP)[:, None] + offs_cb[None, :],
+            accs[d] * scale,
+            mask=qin[:, None],
+            sem="relaxed",
+        )
 
 
 @triton.jit
 def dk_kernel(
-    Q, K, V, NORM, KINV, LEVELS, G, LSE, DELTA,
+    Q,
+    K,
+    V,
+    NORM,
+    KINV,
+    LEVELS,
+    G,
+    LSE,
+    DELTA,
     DK,  # [B, NK, CQP] float32, zero-initialised
-    H, W, NK, key_eps, qk_scale, scale, out_scale,
+    H,
+    W,
+    NK,
+    key_eps,
+    qk_scale,
+    scale,
+    out_scale,
     N_SLICES: tl.constexpr,  # CQP // CQ_BLOCK
     CQP: tl.constexpr,
     CQ_BLOCK: tl.constexpr,
@@ -204,29 +317,71 @@ def dk_kernel(
         inv = tl.load(KINV + b * NK + off + offs_n, mask=kvalid, other=0.0)
         offs_cb = cq0 + tl.arange(0, CQ_BLOCK)
         accs = ()
-        for d in tl.static_range(KK):
+        for _ in tl.static_range(KK):
             accs = accs + (tl.zeros([BLOCK_N, CQ_BLOCK], dtype=tl.float32),)
         radial = tl.zeros([BLOCK_N], dtype=tl.float32)
         for m0 in range(0, HW, BLOCK_M):
             offs_m, qvalid, qy, qx = block_positions(m0, HW, W, BLOCK_M)
             lse2 = tl.load(LSE + b * HW + offs_m, mask=qvalid, other=0.0) * LOG2E
             delta = tl.load(DELTA + b * HW + offs_m, mask=qvalid, other=0.0)
-            s2, p = _scores_probs(q_base, qy, qx, qvalid, H, W, k_base, py, px, kvalid, off, hl, wl, inv, lse2,
-                                  qk_scale, CQP, PATCH, PRECISION, BLOCK_M, BLOCK_N)
-            dp = _grad_probs(g_base, qy, qx, qvalid, H, W, v_base, py, px, kvalid, off, hl, wl, out_scale,
-                             CVP, CV_BLOCK, PATCH, PRECISION, BLOCK_M, BLOCK_N)
+            s2, p = _scores_probs(
+                q_base,
+                qy,
+                qx,
+                qvalid,
+                H,
+                W,
+                k_base,
+                py,
+                px,
+                kvalid,
+                off,
+                hl,
+                wl,
+                inv,
+                lse2,
+                qk_scale,
+                CQP,
+                PATCH,
+                PRECISION,
+                BLOCK_M,
+                BLOCK_N,
+            )
+            dp = _grad_probs(
+                g_base,
+                qy,
+                qx,
+                qvalid,
+                H,
+                W,
+                v_base,
+                py,
+                px,
+                kvalid,
+                off,
+                hl,
+                wl,
+                out_scale,
+                CVP,
+                CV_BLOCK,
+                PATCH,
+                PRECISION,
+                BLOCK_M,
+                BLOCK_N,
+            )
             ds = p * (dp - delta[:, None])
             # <k^_j, dk^_j> = sum_i dS_ij s_ij (natural-log scores)
             radial += tl.sum(ds * s2, axis=0) * LN2
-            accs = _dot_shifted(accs, tl.trans(ds.to(Q.dtype.element_ty)), q_base, qy, qx, qvalid, H, W, offs_cb,
-                                CQP, PATCH, PRECISION)
+            accs = _dot_shifted(
+                accs, tl.trans(ds.to(Q.dtype.element_ty)), q_base, qy, qx, qvalid, H, W, offs_cb, CQP, PATCH, PRECISION
+            )
 
         # Through the normalisation; where the floor is active the norm passes no gradient.
         radial = tl.where(norm >= key_eps, radial, 0.0)
         dk_base = DK + b * NK * CQP
         for d in tl.static_range(KK):
             kidx, kin = shifted(py, px, kvalid, hl, wl, d, PATCH)
-            ptrs = (off + kidx)[:, None] * CQP + offs_cb[None, :]
+            ptrs = row_offsets(off + kidx, CQP)[:, None] + offs_cb[None, :]
             k_hat = tl.load(k_base + ptrs, mask=kin[:, None], other=0.0).to(tl.float32) * inv[:, None]
             dk = (accs[d] * scale - k_hat * radial[:, None]) * inv[:, None]
             tl.atomic_add(dk_base + ptrs, dk, mask=kin[:, None], sem="relaxed")
@@ -234,9 +389,18 @@ def dk_kernel(
 
 @triton.jit
 def dv_kernel(
-    Q, K, KINV, LEVELS, G, LSE,
+    Q,
+    K,
+    KINV,
+    LEVELS,
+    G,
+    LSE,
     DV,  # [B, NK, CVP] float32, zero-initialised
-    H, W, NK, qk_scale, out_scale,
+    H,
+    W,
+    NK,
+    qk_scale,
+    out_scale,
     N_SLICES: tl.constexpr,  # CVP // CV_BLOCK
     CQP: tl.constexpr,
     CVP: tl.constexpr,
@@ -263,18 +427,44 @@ def dv_kernel(
         inv = tl.load(KINV + b * NK + off + offs_n, mask=kvalid, other=0.0)
         offs_cb = cv0 + tl.arange(0, CV_BLOCK)
         accs = ()
-        for d in tl.static_range(KK):
+        for _ in tl.static_range(KK):
             accs = accs + (tl.zeros([BLOCK_N, CV_BLOCK], dtype=tl.float32),)
         for m0 in range(0, HW, BLOCK_M):
             offs_m, qvalid, qy, qx = block_positions(m0, HW, W, BLOCK_M)
             lse2 = tl.load(LSE + b * HW + offs_m, mask=qvalid, other=0.0) * LOG2E
-            s2, p = _scores_probs(q_base, qy, qx, qvalid, H, W, k_base, py, px, kvalid, off, hl, wl, inv, lse2,
-                                  qk_scale, CQP, PATCH, PRECISION, BLOCK_M, BLOCK_N)
-            accs = _dot_shifted(accs, tl.trans(p.to(G.dtype.element_ty)), g_base, qy, qx, qvalid, H, W, offs_cb,
-                                CVP, PATCH, PRECISION)
+            s2, p = _scores_probs(
+                q_base,
+                qy,
+                qx,
+                qvalid,
+                H,
+                W,
+                k_base,
+                py,
+                px,
+                kvalid,
+                off,
+                hl,
+                wl,
+                inv,
+                lse2,
+                qk_scale,
+                CQP,
+                PATCH,
+                PRECISION,
+                BLOCK_M,
+                BLOCK_N,
+            )
+            accs = _dot_shifted(
+                accs, tl.trans(p.to(G.dtype.element_ty)), g_base, qy, qx, qvalid, H, W, offs_cb, CVP, PATCH, PRECISION
+            )
 
         dv_base = DV + b * NK * CVP
         for d in tl.static_range(KK):
             kidx, kin = shifted(py, px, kvalid, hl, wl, d, PATCH)
-            tl.atomic_add(dv_base + (off + kidx)[:, None] * CVP + offs_cb[None, :], accs[d] * out_scale,
-                          mask=kin[:, None], sem="relaxed")
+            tl.atomic_add(
+                dv_base + row_offsets(off + kidx, CVP)[:, None] + offs_cb[None, :],
+                accs[d] * out_scale,
+                mask=kin[:, None],
+                sem="relaxed",
+            )

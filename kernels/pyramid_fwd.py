@@ -1,6 +1,6 @@
-"""Triton forward kernels of pyramid attention (SPEC section 1).
+"""Triton forward kernels of pyramid attention (the op of ``tri_panet.ops.pyramid_attention``).
 
-Data layout (prepared by ``tri_panet.triton_backend``): every map is packed channel-last
+Data layout (prepared by ``tri_panet.ops.triton_launcher``): every map is packed channel-last
 and zero-padded in channels, so that one key/query/value position is one contiguous row:
 
 - ``Q``  [B, H*W, CQP]        query positions, row-major
@@ -13,12 +13,15 @@ Patches are never formed in memory (implicit im2col): the k x k patch inner prod
 <Q[q + d], K[j + d]>, where a position outside its map reads zero (the op's zero padding).
 The k*k query tiles and the k*k value accumulators of a program are carried as tuples,
 unrolled at compile time with ``tl.static_range``.
+
+Index widths: positions are int32 (the launcher checks they fit: ``int32_index_bound``);
+batch offsets and every product of a position with a row length (``row_offsets``) are int64.
 """
 
 import triton
 import triton.language as tl
 
-from .common import LN2, block_positions, level_geometry, shifted
+from .common import LN2, block_positions, level_geometry, row_offsets, shifted
 
 
 @triton.jit
@@ -44,7 +47,7 @@ def key_norm_kernel(
     sq = tl.zeros([BLOCK], dtype=tl.float32)
     for d in tl.static_range(PATCH * PATCH):
         idx, inside = shifted(py, px, valid, h, w, d, PATCH)
-        k = tl.load(k_base + (off + idx)[:, None] * CQP + offs_c[None, :], mask=inside[:, None], other=0.0)
+        k = tl.load(k_base + row_offsets(off + idx, CQP)[:, None] + offs_c[None, :], mask=inside[:, None], other=0.0)
         k = k.to(tl.float32)
         sq += tl.sum(k * k, axis=1)
     norm = tl.sqrt(sq)
@@ -103,7 +106,7 @@ def pyramid_fwd_kernel(
     accs = ()
     for d in tl.static_range(KK):
         qidx, qin = shifted(qy, qx, qvalid, H, W, d, PATCH)
-        q = tl.load(q_base + qidx[:, None] * CQP + offs_cq[None, :], mask=qin[:, None], other=0.0)
+        q = tl.load(q_base + row_offsets(qidx, CQP)[:, None] + offs_cq[None, :], mask=qin[:, None], other=0.0)
         qs = qs + (q,)
         accs = accs + (tl.zeros([BLOCK_M, CV_BLOCK], dtype=tl.float32),)
 
@@ -120,7 +123,9 @@ def pyramid_fwd_kernel(
                 kidx, kin = shifted(py, px, kvalid, hl, wl, d, PATCH)
                 rows = rows + (tl.where(kin, off + kidx, -1),)
                 # scores: sum over the k*k offsets of channel inner products (implicit im2col)
-                kt = tl.load(k_base + rows[d][None, :] * CQP + offs_cq[:, None], mask=kin[None, :], other=0.0)
+                kt = tl.load(
+                    k_base + row_offsets(rows[d], CQP)[None, :] + offs_cq[:, None], mask=kin[None, :], other=0.0
+                )
                 s = tl.dot(qs[d], kt, s, input_precision=PRECISION)
             # a per-key multiply: a division here costs registers (spills on sm_80)
             kinv = tl.load(kinv_base + off + offs_n, mask=kvalid, other=0.0)
@@ -135,18 +140,23 @@ def pyramid_fwd_kernel(
             p = p.to(V.dtype.element_ty)
             new_accs = ()
             for d in tl.static_range(KK):
-                v = tl.load(v_base + rows[d][:, None] * CVP + offs_cv[None, :], mask=(rows[d] >= 0)[:, None], other=0.0)
+                v_ptrs = v_base + row_offsets(rows[d], CVP)[:, None] + offs_cv[None, :]
+                v = tl.load(v_ptrs, mask=(rows[d] >= 0)[:, None], other=0.0)
                 new_accs = new_accs + (tl.dot(p, v, accs[d] * alpha[:, None], input_precision=PRECISION),)
             accs = new_accs
 
     # Fold (col2im): query q adds its offset-d accumulator to output position q + d.
     inv_l = 1.0 / l_i
-    out_base = OUT + b * CV * HW
+    # The output is channel-major: the slice's first channel plane is a 64-bit scalar offset,
+    # the [BLOCK_M, CV_BLOCK] offsets inside the slice stay int32 (< CV_BLOCK * H * W, checked by
+    # the launcher), which spares registers: 64-bit ones here spill on sm_80.
+    out_base = OUT + (b * CV + pid_v * CV_BLOCK) * HW
+    offs_slice = tl.arange(0, CV_BLOCK)
     cmask = offs_cv < CV
     for d in tl.static_range(KK):
         o = accs[d] * inv_l[:, None]
         oidx, oin = shifted(qy, qx, qvalid, H, W, d, PATCH)
-        ptrs = out_base + offs_cv[None, :] * HW + oidx[:, None]
+        ptrs = out_base + offs_slice[None, :] * HW + oidx[:, None]
         tl.atomic_add(ptrs, o * out_scale, mask=oin[:, None] & cmask[None, :], sem="relaxed")
         if STORE_O:
             o_ptrs = O + ((b * HW + offs_m) * KK + d)[:, None] * CVP + offs_cv[None, :]

@@ -6,8 +6,9 @@ Written from the formulas only (no unfold, conv or fold), in float64 numpy, for 
 import numpy as np
 
 
-def pyramid_attention_brute_force(query, keys, values, *, patch_size=3, softmax_scale=10.0, key_eps=1e-4,
-                                  fold_divisor=4.0):
+def pyramid_attention_brute_force(
+    query, keys, values, *, patch_size=3, softmax_scale=10.0, key_eps=1e-4, fold_divisor=4.0
+):
     """query [B, Cq, H, W], keys/values lists of [B, C, H_l, W_l] (numpy or torch) -> [B, Cv, H, W] numpy."""
     as_np = lambda t: np.asarray(t.detach().double().cpu() if hasattr(t, "detach") else t, dtype=np.float64)  # noqa: E731
     query = as_np(query)

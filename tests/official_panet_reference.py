@@ -75,7 +75,7 @@ def default_conv(in_channels, out_channels, kernel_size, stride=1, bias=True):
 
 class MeanShift(nn.Conv2d):
     def __init__(self, rgb_range, rgb_mean=(0.4488, 0.4371, 0.4040), rgb_std=(1.0, 1.0, 1.0), sign=-1):
-        super(MeanShift, self).__init__(3, 3, kernel_size=1)
+        super().__init__(3, 3, kernel_size=1)
         std = torch.Tensor(rgb_std)
         self.weight.data = torch.eye(3).view(3, 3, 1, 1) / std.view(3, 1, 1, 1)
         self.bias.data = sign * rgb_range * torch.Tensor(rgb_mean) / std
@@ -90,12 +90,12 @@ class BasicBlock(nn.Sequential):
             m.append(nn.BatchNorm2d(out_channels))
         if act is not None:
             m.append(act)
-        super(BasicBlock, self).__init__(*m)
+        super().__init__(*m)
 
 
 class ResBlock(nn.Module):
     def __init__(self, conv, n_feats, kernel_size, bias=True, bn=False, act=nn.PReLU(), res_scale=1):
-        super(ResBlock, self).__init__()
+        super().__init__()
         m = []
         for i in range(2):
             m.append(conv(n_feats, n_feats, kernel_size, bias=bias))
@@ -136,7 +136,7 @@ class Upsampler(nn.Sequential):
                 m.append(nn.PReLU(n_feats))
         else:
             raise NotImplementedError
-        super(Upsampler, self).__init__(*m)
+        super().__init__(*m)
 
 
 # ----------------------------------------------------------------------------- model/attention.py
@@ -144,10 +144,18 @@ class Upsampler(nn.Sequential):
 
 class PyramidAttention(nn.Module):
     def __init__(
-        self, level=5, res_scale=1, channel=64, reduction=2, ksize=3, stride=1, softmax_scale=10, average=True,
+        self,
+        level=5,
+        res_scale=1,
+        channel=64,
+        reduction=2,
+        ksize=3,
+        stride=1,
+        softmax_scale=10,
+        average=True,
         conv=default_conv,
     ):
-        super(PyramidAttention, self).__init__()
+        super().__init__()
         self.ksize = ksize
         self.stride = stride
         self.res_scale = res_scale
@@ -220,7 +228,7 @@ class PyramidAttention(nn.Module):
 
 class PANET(nn.Module):
     def __init__(self, args, conv=default_conv):
-        super(PANET, self).__init__()
+        super().__init__()
         n_resblocks = args.n_resblocks
         n_feats = args.n_feats
         kernel_size = 3
@@ -230,7 +238,9 @@ class PANET(nn.Module):
         msa = PyramidAttention()
         m_head = [conv(args.n_colors, n_feats, kernel_size)]
         # nn.PReLU() lands in `bias` (truthy -> conv bias on); `act` stays the shared default
-        m_body = [ResBlock(conv, n_feats, kernel_size, nn.PReLU(), res_scale=args.res_scale) for _ in range(n_resblocks // 2)]
+        m_body = [
+            ResBlock(conv, n_feats, kernel_size, nn.PReLU(), res_scale=args.res_scale) for _ in range(n_resblocks // 2)
+        ]
         m_body.append(msa)
         for i in range(n_resblocks // 2):
             m_body.append(ResBlock(conv, n_feats, kernel_size, nn.PReLU(), res_scale=args.res_scale))
@@ -256,7 +266,7 @@ class PANET(nn.Module):
 
 class PAEDSR(nn.Module):
     def __init__(self, args, conv=default_conv):
-        super(PAEDSR, self).__init__()
+        super().__init__()
         n_resblock = args.n_resblocks
         n_feats = args.n_feats
         kernel_size = 3
@@ -267,7 +277,9 @@ class PAEDSR(nn.Module):
         self.sub_mean = MeanShift(args.rgb_range, rgb_mean, rgb_std)
         self.msa = PyramidAttention(channel=256, reduction=8, res_scale=args.res_scale)
         m_head = [conv(args.n_colors, n_feats, kernel_size)]
-        m_body = [ResBlock(conv, n_feats, kernel_size, act=act, res_scale=args.res_scale) for _ in range(n_resblock // 2)]
+        m_body = [
+            ResBlock(conv, n_feats, kernel_size, act=act, res_scale=args.res_scale) for _ in range(n_resblock // 2)
+        ]
         m_body.append(self.msa)
         for _ in range(n_resblock // 2):
             m_body.append(ResBlock(conv, n_feats, kernel_size, act=act, res_scale=args.res_scale))

@@ -30,7 +30,8 @@ def cast(tensors, dtype):
 
 
 def gradients(fn, query, keys, values, grad_out, **kw):
-    """(out, dq, dks, dvs) of the op ``fn`` at fresh leaf copies of the inputs, for the upstream gradient ``grad_out``."""
+    """(out, dq, dks, dvs) of the op ``fn`` at fresh leaf copies of the inputs, for the upstream
+    gradient ``grad_out``."""
     q = query.detach().requires_grad_()
     ks = [k.detach().requires_grad_() for k in keys]
     vs = [v.detach().requires_grad_() for v in values]

@@ -1,10 +1,10 @@
 """The PyramidAttention block: official names and outputs, pyramid resampling, backends agree."""
 
+import official_panet_reference as official
 import pytest
 import torch
 import torch.nn.functional as F
 
-import official_panet_reference as official
 from tri_panet.nn import DEFAULT_SCALES, PyramidAttention, build_pyramid
 
 
@@ -21,7 +21,9 @@ def _official_block(channels=16, reduction=2, res_scale=1.0, seed=0):
 def test_state_dict_names_equal_official():
     ours = PyramidAttention(channels=64)
     expected = {
-        f"{m}.{p}" for m in ("conv_match_L_base", "conv_match", "conv_assembly") for p in ("0.weight", "0.bias", "1.weight")
+        f"{m}.{p}"
+        for m in ("conv_match_L_base", "conv_match", "conv_assembly")
+        for p in ("0.weight", "0.bias", "1.weight")
     } | {"escape_NaN"}
     assert set(ours.state_dict()) == expected
     assert set(official.PyramidAttention().state_dict()) == expected
@@ -50,8 +52,9 @@ def test_pyramid_sizes_and_resampling(recompute):
     for s, level in zip(DEFAULT_SCALES, levels):
         assert level.shape[2:] == (int(23.0 * s), int(19.0 * s))
         if s != 1:
-            expected = F.interpolate(x, scale_factor=s, mode="bicubic", align_corners=False,
-                                     recompute_scale_factor=recompute)
+            expected = F.interpolate(
+                x, scale_factor=s, mode="bicubic", align_corners=False, recompute_scale_factor=recompute
+            )
             torch.testing.assert_close(level, expected)
     # The two conventions really differ (PyTorch 1.1 ratio vs 1/s), so the flag matters.
     other = build_pyramid(x, DEFAULT_SCALES, not recompute)
@@ -61,8 +64,10 @@ def test_pyramid_sizes_and_resampling(recompute):
 @pytest.mark.parametrize("scales", [(1.0,), (1.0, 0.5), (0.75, 0.5, 0.35), tuple(1 - i / 20 for i in range(8))])
 def test_any_number_of_levels_backends_agree_forward_and_backward(scales):
     torch.manual_seed(1)
-    blocks = {name: PyramidAttention(channels=6, reduction=3, scales=scales, backend=name).double()
-              for name in ("torch", "reference")}
+    blocks = {
+        name: PyramidAttention(channels=6, reduction=3, scales=scales, backend=name).double()
+        for name in ("torch", "reference")
+    }
     blocks["reference"].load_state_dict(blocks["torch"].state_dict())
     x = torch.randn(2, 6, 11, 9, dtype=torch.float64)
     outs, grads = {}, {}

@@ -14,14 +14,13 @@ import torch
 from PIL import Image
 
 from tri_panet.cli import main
-from tri_panet.data.dataset import sample_generator
-from tri_panet.data.degradations import add_gaussian_noise
+from tri_panet.data import add_gaussian_noise, sample_generator
 from tri_panet.data.io import load_image
 from tri_panet.metrics import psnr
 from tri_panet.models import create, save_weights
 
 TINY = {"n_feats": 8, "n_resblocks": 2, "scales": [1.0, 0.5]}
-SUBCOMMANDS = ("restore", "eval", "train", "finetune", "bench", "demo", "models")
+SUBCOMMANDS = ("restore", "eval", "train", "finetune", "demo", "models", "attention-map")
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +107,9 @@ def test_restore_folder_and_degrade(photos, weights, tmp_path, capsys):
     code, _, err = _run(["restore", photos, "-o", photos, "--weights", weights, "--force"], capsys)
     assert code == 2
     _one_line_error(err, "input folder")
-    code, _, err = _run(["restore", photos / "a.png", "-o", tmp_path / "x.png", "--weights", weights, "--sigma", 5], capsys)
+    code, _, err = _run(
+        ["restore", photos / "a.png", "-o", tmp_path / "x.png", "--weights", weights, "--sigma", 5], capsys
+    )
     assert code == 2
     _one_line_error(err, "--degrade")
 
@@ -120,7 +121,9 @@ def test_restore_bad_inputs(photos, weights, tmp_path, capsys, monkeypatch):
     assert code == 2
     _one_line_error(err, "cannot read image", "broken.png")
 
-    code, _, err = _run(["restore", photos / "a.png", "-o", tmp_path / "o.png", "--weights", tmp_path / "nope.safetensors"], capsys)
+    code, _, err = _run(
+        ["restore", photos / "a.png", "-o", tmp_path / "o.png", "--weights", tmp_path / "nope.safetensors"], capsys
+    )
     assert code == 2
     _one_line_error(err, "nope.safetensors")
 
@@ -134,11 +137,11 @@ def test_restore_bad_inputs(photos, weights, tmp_path, capsys, monkeypatch):
     assert code == 2
     _one_line_error(err, "tiny-denoise.safetensors")
 
+    # a grey file for a colour model is replicated to RGB, as eval and train do, and said so
     grey = tmp_path / "grey.png"
     Image.open(photos / "a.png").convert("L").save(grey)
-    code, _, err = _run(["restore", grey, "-o", tmp_path / "o.png", "--weights", weights], capsys)
-    assert code == 2
-    _one_line_error(err, "1 channel", "3 channels")
+    code, _, err = _run(["restore", grey, "-o", tmp_path / "g.png", "--weights", weights], capsys)
+    assert code == 0 and "warning: grey, replicated to 3 channels for a colour model: grey.png" in err
 
     code, _, err = _run(["restore", tmp_path / "missing.png", "-o", tmp_path / "o.png", "--weights", weights], capsys)
     assert code == 2
@@ -151,7 +154,17 @@ def test_bad_input_exit_status_in_a_real_process(weights, tmp_path):
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG garbage")
     proc = subprocess.run(
-        [sys.executable, "-m", "tri_panet.cli", "restore", str(broken), "-o", str(tmp_path / "o.png"), "--weights", str(weights)],
+        [
+            sys.executable,
+            "-m",
+            "tri_panet.cli",
+            "restore",
+            str(broken),
+            "-o",
+            str(tmp_path / "o.png"),
+            "--weights",
+            str(weights),
+        ],
         capture_output=True,
         text=True,
         timeout=120,
@@ -165,7 +178,23 @@ def test_bad_input_exit_status_in_a_real_process(weights, tmp_path):
 def test_eval_json(photos, weights, tmp_path, capsys):
     report = tmp_path / "r.json"
     code, text, _ = _run(
-        ["eval", "--task", "denoise", "--data", photos, "--weights", weights, "--sigma", 20, "--seed", 3, "--json", report],
+        [
+            "eval",
+            "--task",
+            "denoise",
+            "--data",
+            photos,
+            "--weights",
+            weights,
+            "--sigma",
+            20,
+            "--seed",
+            3,
+            "--json",
+            report,
+            "--baseline",
+            "nlm",
+        ],  # not the default CBM3D: seconds per image even on tiny ones
         capsys,
     )
     assert code == 0
@@ -186,7 +215,22 @@ def test_eval_json(photos, weights, tmp_path, capsys):
     assert code == 2
     _one_line_error(err, "exists")
     code, _, _ = _run(
-        ["eval", "--task", "denoise", "--data", photos, "--weights", weights, "--json", report, "--force", "--limit", 1],
+        [
+            "eval",
+            "--task",
+            "denoise",
+            "--data",
+            photos,
+            "--weights",
+            weights,
+            "--json",
+            report,
+            "--force",
+            "--limit",
+            1,
+            "--baseline",
+            "none",
+        ],
         capsys,
     )
     assert code == 0 and len(json.loads(report.read_text())["rows"]) == 1
@@ -213,8 +257,24 @@ def test_train_resume_and_finetune(photos, tmp_path, capsys):
 
     ft = tmp_path / "ft"
     code, text, _ = _run(
-        ["finetune", "--data", photos, "--weights", out / "model.safetensors", "--steps", 1, "--batch-size", 2,
-         "--patch-size", 16, "--out", ft, "--no-progress", "--threads", 1],
+        [
+            "finetune",
+            "--data",
+            photos,
+            "--weights",
+            out / "model.safetensors",
+            "--steps",
+            1,
+            "--batch-size",
+            2,
+            "--patch-size",
+            16,
+            "--out",
+            ft,
+            "--no-progress",
+            "--threads",
+            1,
+        ],
         capsys,
     )
     assert code == 0
@@ -259,13 +319,19 @@ def test_demo(weights, tmp_path, capsys, monkeypatch):
     _one_line_error(err, "tri_panet/weights/tiny-denoise.safetensors")
 
 
-def test_whole_image_cpu_notice_only_for_large_untiled_cpu_images():
-    from tri_panet.cli import _whole_image_cpu_notice
-
-    cpu = torch.device("cpu")
-    big, small = torch.zeros(3, 300, 260), torch.zeros(3, 32, 32)
-    notice = _whole_image_cpu_notice(cpu, big, tile=None)
-    assert notice is not None and "300x260" in notice and "--tile" in notice
-    assert _whole_image_cpu_notice(cpu, big, tile=128) is None
-    assert _whole_image_cpu_notice(cpu, small, tile=None) is None
-    assert _whole_image_cpu_notice(torch.device("cuda"), big, tile=None) is None
+def test_restore_eval_and_demo_load_no_training_code(photos, weights, tmp_path):
+    """The inference commands import nothing from tri_panet.training (checked in a fresh
+    process: this one has imported it)."""
+    a, out = str(photos / "a.png"), str(tmp_path / "r.png")
+    script = f"""
+import sys
+from tri_panet.cli import main
+assert main(["restore", {a!r}, "-o", {out!r}, "--weights", {str(weights)!r}]) == 0
+assert main(["eval", "--task", "denoise", "--data", {str(photos)!r}, "--weights", {str(weights)!r}, "--limit", "1",
+             "--baseline", "nlm"]) == 0
+assert main(["demo", "-o", {str(tmp_path)!r}, "--weights", {str(weights)!r}, "--size", "32"]) == 0
+loaded = sorted(m for m in sys.modules if m.startswith("tri_panet.training"))
+assert not loaded, loaded
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -10,11 +10,14 @@ import torch
 pytest.importorskip("triton")
 
 from op_inputs import pyramid_sizes  # noqa: E402
+
 from tri_panet import pyramid_attention  # noqa: E402
-from tri_panet.functional import resolve_backend  # noqa: E402
-from tri_panet.reference import pyramid_attention_reference  # noqa: E402
-from tri_panet.torch_backend import tiled_forward  # noqa: E402
-from tri_panet import triton_backend as tb  # noqa: E402
+from tri_panet.ops import resolve_backend  # noqa: E402
+from tri_panet.ops import triton_configs as tb  # noqa: E402
+from tri_panet.ops.reference import pyramid_attention_reference  # noqa: E402
+from tri_panet.ops.torch_tiled import forward as tiled_forward  # noqa: E402
+from tri_panet.ops.triton_launcher import forward as triton_forward  # noqa: E402
+from tri_panet.ops.triton_launcher import pyramid_attention_triton
 
 pytestmark = pytest.mark.cuda
 
@@ -50,8 +53,10 @@ SHAPES = [
 @pytest.mark.parametrize("batch, cq, cv, size, levels, k", SHAPES)
 def test_forward_fp32_ieee(ieee, batch, cq, cv, size, levels, k):
     q, ks, vs = make_inputs(batch, cq, cv, size, levels)
-    out, lse, _ = tb.triton_forward(q, ks, vs, patch_size=k, **OPTS)
-    ref = pyramid_attention_reference(q.double(), [x.double() for x in ks], [x.double() for x in vs], patch_size=k, **OPTS)
+    out, lse, _ = triton_forward(q, ks, vs, patch_size=k, **OPTS)
+    ref = pyramid_attention_reference(
+        q.double(), [x.double() for x in ks], [x.double() for x in vs], patch_size=k, **OPTS
+    )
     assert (out.double() - ref).abs().max().item() <= 1e-4
     _, lse_ref = tiled_forward(
         q.double(), [x.double() for x in ks], [x.double() for x in vs], patch_size=k, tile_bytes=2**24, **OPTS
@@ -71,7 +76,9 @@ def test_forward_tf32_half_bf16(dtype, rel, batch, cq, cv, size, levels, k):
         out = pyramid_attention(q, ks, vs, patch_size=k, backend="triton", **OPTS)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = old
-    ref = pyramid_attention_reference(q.double(), [x.double() for x in ks], [x.double() for x in vs], patch_size=k, **OPTS)
+    ref = pyramid_attention_reference(
+        q.double(), [x.double() for x in ks], [x.double() for x in vs], patch_size=k, **OPTS
+    )
     assert out.dtype == dtype
     assert (out.double() - ref).abs().max().item() <= rel * ref.abs().max().item()
 
@@ -95,12 +102,12 @@ def test_gradients_fp32_ieee(ieee, batch, cq, cv, size, levels, k):
         fn(leaves[0], leaves[1 : 1 + n], leaves[1 + n :], patch_size=k, **OPTS).backward(grad_out.to(dtype))
         return [t.grad for t in leaves]
 
-    for a, b in zip(grads(tb.pyramid_attention_triton, torch.float32), grads(pyramid_attention_reference, torch.float64)):
+    for a, b in zip(grads(pyramid_attention_triton, torch.float32), grads(pyramid_attention_reference, torch.float64)):
         assert (a.double() - b).abs().max().item() <= 1e-4
 
 
 def test_non_cuda_tensors_refused_without_interpreter(monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setattr(tb, "INTERPRETING", False)  # the mode is fixed at import: patch the record
     q, ks, vs = make_inputs(1, 3, 2, (3, 4), [(3, 4)])
     with pytest.raises(ValueError, match="CUDA"):
         pyramid_attention(q.cpu(), [k.cpu() for k in ks], [v.cpu() for v in vs], backend="triton")

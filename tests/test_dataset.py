@@ -7,7 +7,9 @@ from PIL import Image
 from skimage import data
 from torch.utils.data import DataLoader
 
-from tri_panet.data import RestorationDataset, bayer_mosaic, bicubic_downsample, make_degradation
+from tri_panet.data import bayer_mosaic, bicubic_downsample
+from tri_panet.tasks import make_degradation
+from tri_panet.training.dataset import RestorationDataset
 
 
 @pytest.fixture
@@ -97,12 +99,7 @@ def test_crops_come_from_the_image_and_augmentation_covers_the_8_transforms(fold
     for epoch in range(6):
         plain.set_epoch(epoch)
         t = plain[1]["target"]
-        hits = [
-            (y, x)
-            for y in range(17)
-            for x in range(17)
-            if torch.equal(src[:, y : y + 20, x : x + 20], t)
-        ]
+        hits = [(y, x) for y in range(17) for x in range(17) if torch.equal(src[:, y : y + 20, x : x + 20], t)]
         assert hits, "target is not a crop of its image"
         seen_pos.add(hits[0])
     assert len(seen_pos) > 1  # random crop positions

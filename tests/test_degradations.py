@@ -11,18 +11,18 @@ from PIL import Image
 from skimage import data
 from skimage.color import rgb2ycbcr
 
-from tri_panet.data.degradations import (
+from tri_panet.data import (
     add_gaussian_noise,
     bayer_mosaic,
     bicubic_downsample,
     bicubic_upsample,
     bilinear_demosaic,
     jpeg_compress,
-    make_degradation,
     modcrop,
     quantize,
     rgb_to_y,
 )
+from tri_panet.tasks import make_degradation
 
 
 def _photo(h=40, w=48, dtype=torch.float32):
@@ -159,7 +159,7 @@ def test_bilinear_demosaic_matches_textbook_kernels():
 
 def _torch_imresize(img, scale, down):
     """Independent oracle: torch's antialiased bicubic (same a = -0.5 kernel) on an image
-    padded symmetrically, then cropped (ENGINEERING.md's recipe)."""
+    padded symmetrically by 2 * scale first, then cropped back."""
     x = img[None].double()
     pad = 2 * scale if down else 2
     h, w = x.shape[-2:]
@@ -274,24 +274,24 @@ def test_make_degradation_tasks():
 def test_make_degradation_blind_ranges():
     img = _photo(16, 16)
     blind = make_degradation("denoise", sigma_range=(5, 50))
-    a = blind(img, torch.Generator().manual_seed(1))
-    sig_a = blind.last_params[0]["sigma"]
-    b = blind(img, torch.Generator().manual_seed(1))
-    assert torch.equal(a, b) and blind.last_params[0]["sigma"] == sig_a
+    a, params_a = blind.apply(img, torch.Generator().manual_seed(1))
+    sig_a = params_a[0]["sigma"]
+    b, params_b = blind.apply(img, torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and params_b[0]["sigma"] == sig_a
     sigmas = []
     for s in range(40):
-        blind(img, torch.Generator().manual_seed(s))
-        sigmas.append(blind.last_params[0]["sigma"])
+        _, params = blind.apply(img, torch.Generator().manual_seed(s))
+        sigmas.append(params[0]["sigma"])
     assert 5 <= min(sigmas) and max(sigmas) <= 50 and max(sigmas) - min(sigmas) > 20
     jq = make_degradation("jpeg", quality_range=(10, 12))
     qs = set()
     for s in range(30):
-        jq(img, torch.Generator().manual_seed(s))
-        qs.add(jq.last_params[0]["quality"])
+        _, params = jq.apply(img, torch.Generator().manual_seed(s))
+        qs.add(params[0]["quality"])
     assert qs == {10, 11, 12}
     # A batch draws one parameter per image.
-    blind(torch.stack([img] * 4), torch.Generator().manual_seed(0))
-    assert len({p["sigma"] for p in blind.last_params}) == 4
+    _, params = blind.apply(torch.stack([img] * 4), torch.Generator().manual_seed(0))
+    assert len({p["sigma"] for p in params}) == 4
 
 
 @pytest.mark.parametrize(

@@ -4,8 +4,8 @@ import math
 
 import pytest
 import torch
-
 from op_inputs import make_inputs
+
 from tri_panet import pyramid_attention
 from tri_panet.nn import PyramidAttention, build_pyramid
 
@@ -34,7 +34,11 @@ def _call(query, keys, values, **kwargs):
         (lambda q, k, v: (q, k, [v[0], v[1][:, :2]]), ValueError, r"values\[1\] must have the channels of values\[0\]"),
         (lambda q, k, v: (q, k, [v[0], v[1].double()]), TypeError, r"values\[1\] must have the dtype of query"),
         (lambda q, k, v: (q.int(), k, v), TypeError, "query must have a floating dtype"),
-        (lambda q, k, v: (q, k, [v[0], v[1][:, :, :3]]), ValueError, r"keys\[1\] and values\[1\] must have the same spatial"),
+        (
+            lambda q, k, v: (q, k, [v[0], v[1][:, :, :3]]),
+            ValueError,
+            r"keys\[1\] and values\[1\] must have the same spatial",
+        ),
         (lambda q, k, v: (q[:, :, :0], k, v), ValueError, "query must not have an empty dimension"),
         (lambda q, k, v: (q, k, [v[0], v[1].to("meta")]), ValueError, r"values\[1\] must be on the device of query"),
     ],

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from tri_panet.inference import _tile_starts, blend_window, restore
+from tri_panet.inference import blend_window, restore, tile_starts
 from tri_panet.models import create
 
 
@@ -63,10 +63,10 @@ def test_tiled_close_to_whole_for_tiny_panet():
 
 
 def test_blend_windows_partition_unity():
-    """Neighbouring windows laid out by _tile_starts sum to a positive weight everywhere,
+    """Neighbouring windows laid out by tile_starts sum to a positive weight everywhere,
     and to exactly 1 where two tiles overlap by exactly `overlap`."""
     for length, tile, overlap in ((40, 16, 8), (100, 32, 16), (37, 12, 5), (24, 12, 8)):
-        starts = _tile_starts(length, tile, overlap)
+        starts = tile_starts(length, tile, overlap)
         assert starts[0] == 0 and starts[-1] + tile == length
         assert all(b - a <= tile - overlap for a, b in zip(starts, starts[1:]))
         total = torch.zeros(length, dtype=torch.float64)
@@ -93,21 +93,19 @@ def test_no_seams_with_tile_dependent_outputs():
 
 def test_padding_to_multiple():
     class NeedsFour(nn.Module):
-        multiple = 4
-
         def forward(self, x):
             assert x.shape[2] % 4 == 0 and x.shape[3] % 4 == 0, x.shape
             return nn.functional.interpolate(nn.functional.avg_pool2d(x, 2), scale_factor=2, mode="nearest")
 
     x = torch.rand(2, 3, 10, 13)
-    out = restore(NeedsFour(), x)
+    out = restore(NeedsFour(), x, multiple=4)
     assert out.shape == x.shape
-    tiled = restore(NeedsFour(), x, tile=8, tile_overlap=4)
+    tiled = restore(NeedsFour(), x, tile=8, tile_overlap=4, multiple=4)
     assert tiled.shape == x.shape
-    tiny = restore(NeedsFour(), torch.rand(3, 2, 3))  # pad larger than the image: replicate
+    tiny = restore(NeedsFour(), torch.rand(3, 2, 3), multiple=4)  # pad larger than the image: replicate
     assert tiny.shape == (3, 2, 3)
     with pytest.raises(ValueError, match="multiple"):
-        restore(NeedsFour(), x, tile=10, tile_overlap=4)
+        restore(NeedsFour(), x, tile=10, tile_overlap=4, multiple=4)
 
 
 def _dihedral_mean(fn, x):

@@ -1,4 +1,6 @@
-"""PSNR / SSIM against scikit-image (the oracle ENGINEERING.md names)."""
+"""PSNR / SSIM against scikit-image, whose peak_signal_noise_ratio and
+structural_similarity(gaussian_weights=True, sigma=1.5, use_sample_covariance=False) follow
+the BasicSR / MATLAB conventions."""
 
 import math
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 import types
 
+import official_panet_reference as official
 import pytest
 import torch
 from torch import nn
 
-import official_panet_reference as official
 from tri_panet import models
 from tri_panet.models import (
     PAEDSR,
@@ -117,13 +117,21 @@ def test_parameter_counts_of_published_networks():
         panet, paedsr = PANet(), PAEDSR(scale=2)
     att64 = 2 * (_conv_params(64, 32, 1) + 1) + _conv_params(64, 64, 1) + 1
     expect_panet = (
-        _conv_params(3, 64, 3) + 80 * 2 * _conv_params(64, 64, 3) + 1 + att64
-        + _conv_params(64, 64, 3) + _conv_params(64, 3, 3)
+        _conv_params(3, 64, 3)
+        + 80 * 2 * _conv_params(64, 64, 3)
+        + 1
+        + att64
+        + _conv_params(64, 64, 3)
+        + _conv_params(64, 3, 3)
     )
     att256 = 2 * (_conv_params(256, 32, 1) + 1) + _conv_params(256, 256, 1) + 1
     expect_paedsr = (
-        _conv_params(3, 256, 3) + 32 * 2 * _conv_params(256, 256, 3) + att256
-        + _conv_params(256, 256, 3) + _conv_params(256, 1024, 3) + _conv_params(256, 3, 3)
+        _conv_params(3, 256, 3)
+        + 32 * 2 * _conv_params(256, 256, 3)
+        + att256
+        + _conv_params(256, 256, 3)
+        + _conv_params(256, 1024, 3)
+        + _conv_params(256, 3, 3)
     )
     c1, c2 = model_complexity(panet, (8, 8)), model_complexity(paedsr, (8, 8))
     assert c1["trainable_params"] == expect_panet == 5_957_255
@@ -194,16 +202,36 @@ def test_meanshift_applied_in_paedsr_not_in_panet():
 # ------------------------------------------------------------------------ tiny models and registry
 
 ALL_NAMES = [
-    "panet-denoise", "panet-demosaic", "panet-jpeg", "paedsr-x2", "paedsr-x3", "paedsr-x4",
-    "tiny-denoise", "tiny-jpeg", "tiny-demosaic", "tiny-sr-x2", "tiny-sr-x3", "tiny-sr-x4",
+    "panet-denoise",
+    "panet-demosaic",
+    "panet-jpeg",
+    "paedsr-x2",
+    "paedsr-x3",
+    "paedsr-x4",
+    "tiny-denoise",
+    "tiny-jpeg",
+    "tiny-demosaic",
+    "tiny-sr-x2",
+    "tiny-sr-x3",
+    "tiny-sr-x4",
+    "fast-denoise",
+    "fast-jpeg",
+    "fast-demosaic",
+    "fast-sr-x2",
+    "fast-sr-x3",
+    "fast-sr-x4",
 ]
 
 
 def test_registry_names_and_info():
     assert set(available_models()) == set(ALL_NAMES)
     expect = {
-        "panet-jpeg": ("jpeg", 1, 1), "panet-denoise": ("denoise", 3, 1), "paedsr-x3": ("sr", 3, 3),
-        "tiny-jpeg": ("jpeg", 1, 1), "tiny-demosaic": ("demosaic", 3, 1), "tiny-sr-x4": ("sr", 3, 4),
+        "panet-jpeg": ("jpeg", 1, 1),
+        "panet-denoise": ("denoise", 3, 1),
+        "paedsr-x3": ("sr", 3, 3),
+        "tiny-jpeg": ("jpeg", 1, 1),
+        "tiny-demosaic": ("demosaic", 3, 1),
+        "tiny-sr-x4": ("sr", 3, 4),
     }
     for name, (task, colours, scale) in expect.items():
         info = model_info(name)
@@ -224,12 +252,13 @@ def test_create_every_name(name):
     model = create(name, **small)
     assert model.model_name == name and model.attention.backend == "torch"
     assert model.n_colors == info["n_colors"] and model.scale == info["scale"]
-    x = torch.rand(2, info["n_colors"], 9, 10)
+    height, width = (9, 10) if model.multiple == 1 else (10, 12)  # the fast models unshuffle by 2
+    x = torch.rand(2, info["n_colors"], height, width)
     with torch.no_grad():
         y = model(x)
-    assert y.shape == (2, info["n_colors"], 9 * info["scale"], 10 * info["scale"])
+    assert y.shape == (2, info["n_colors"], height * info["scale"], width * info["scale"])
     with pytest.raises(ValueError, match="n_colors"):
-        model(torch.rand(1, info["n_colors"] + 1, 9, 10))
+        model(torch.rand(1, info["n_colors"] + 1, height, width))
 
 
 def test_tiny_defaults_and_identity_start():
@@ -402,3 +431,32 @@ def test_load_pretrained(tmp_path, monkeypatch):
     loaded = load_pretrained("tiny-denoise", backend="torch")
     assert not loaded.training and loaded.config == model.config
     assert torch.equal(loaded.tail[0].weight, model.tail[0].weight)
+
+
+@pytest.mark.parametrize("scale", [1, 3])
+def test_fast_variant_runs_attention_at_half_resolution(scale):
+    """down=2: the attention sees a feature map of half the input side; an untrained model is
+    the identity (or bicubic upsampling); odd input sides are refused with the multiple."""
+    model = (
+        TinyPANet(n_feats=8, n_resblocks=2, down=2, backend="torch")
+        if scale == 1
+        else TinySR(scale=scale, n_feats=8, n_resblocks=2, down=2, backend="torch")
+    )
+    assert model.multiple == 2 and model.config["down"] == 2
+    seen = []
+    model.attention.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].shape))
+    x = torch.rand(1, 3, 10, 12)
+    with torch.no_grad():
+        y = model(x)
+    assert seen == [(1, 8, 5, 6)]
+    expected = (
+        x if scale == 1 else nn.functional.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False)
+    )
+    torch.testing.assert_close(y, expected)
+    with pytest.raises(ValueError, match="multiples of 2"):
+        model(torch.rand(1, 3, 9, 12))
+
+
+def test_full_resolution_config_has_no_down_key():
+    """The metadata of the bundled full-resolution weights stays as it was."""
+    assert "down" not in TinyPANet().config and "down" not in TinySR(scale=2).config

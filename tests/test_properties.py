@@ -3,10 +3,10 @@
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from op_inputs import make_inputs
-from tri_panet.reference import pyramid_attention_reference
-from tri_panet.torch_backend import pyramid_attention_torch
+
+from tri_panet.ops.reference import pyramid_attention_reference
+from tri_panet.ops.torch_tiled import pyramid_attention_torch
 
 sizes = st.tuples(st.integers(1, 9), st.integers(1, 9))
 
@@ -29,8 +29,16 @@ def configs(draw):
 @settings(max_examples=60, deadline=None)
 @given(configs())
 def test_torch_backend_matches_reference(cfg):
-    query, keys, values = make_inputs(cfg["batch"], cfg["cq"], cfg["cv"], cfg["query_size"], cfg["level_sizes"],
-                                      dtype=torch.float64, seed=cfg["seed"], requires_grad=True)
+    query, keys, values = make_inputs(
+        cfg["batch"],
+        cfg["cq"],
+        cfg["cv"],
+        cfg["query_size"],
+        cfg["level_sizes"],
+        dtype=torch.float64,
+        seed=cfg["seed"],
+        requires_grad=True,
+    )
     options = dict(patch_size=cfg["patch_size"], softmax_scale=cfg["softmax_scale"])
     flat = (query, *keys, *values)
     grad_out = torch.randn(cfg["batch"], cfg["cv"], *cfg["query_size"], dtype=torch.float64)

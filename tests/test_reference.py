@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-
 from brute_force import pyramid_attention_brute_force
-from tri_panet.reference import pyramid_attention_reference
+
+from tri_panet.ops.reference import pyramid_attention_reference
 
 
 def _inputs(batch, cq, cv, query_size, level_sizes, seed=0):
@@ -54,8 +54,9 @@ def test_reference_half_precision_returns_input_dtype():
         args = (query.to(dtype), [k.to(dtype) for k in keys], [v.to(dtype) for v in values])
         out = pyramid_attention_reference(*args)
         assert out.dtype == dtype
-        expected = pyramid_attention_reference(*(a.double() if torch.is_tensor(a) else [t.double() for t in a]
-                                                 for a in args))
+        expected = pyramid_attention_reference(
+            *(a.double() if torch.is_tensor(a) else [t.double() for t in a] for a in args)
+        )
         torch.testing.assert_close(out.double(), expected, rtol=0, atol=2e-2 * expected.abs().max().item())
 
 

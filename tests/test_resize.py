@@ -16,7 +16,9 @@ def test_bitwise_equal_to_interpolate(dtype, size, recompute):
     for s in (0.9, 0.8, 0.7, 0.6, 0.5):
         if min(int(n * s) for n in size) < 1:
             continue
-        expected = F.interpolate(x, scale_factor=s, mode="bicubic", align_corners=False, recompute_scale_factor=recompute)
+        expected = F.interpolate(
+            x, scale_factor=s, mode="bicubic", align_corners=False, recompute_scale_factor=recompute
+        )
         assert torch.equal(bicubic_downscale(x, s, recompute), expected)
 
 
@@ -28,7 +30,9 @@ def test_gradient_equals_interpolate_gradient(recompute):
     expected = F.interpolate(x, scale_factor=0.7, mode="bicubic", align_corners=False, recompute_scale_factor=recompute)
     (theirs,) = torch.autograd.grad(expected, x, grad)
     assert torch.equal(ours, theirs)
-    assert torch.autograd.gradcheck(lambda t: bicubic_downscale(t, 0.7, recompute), (x[:1, :2].detach().requires_grad_(),))
+    assert torch.autograd.gradcheck(
+        lambda t: bicubic_downscale(t, 0.7, recompute), (x[:1, :2].detach().requires_grad_(),)
+    )
 
 
 def test_opcheck():
@@ -52,7 +56,9 @@ def test_inductor_gradient_of_sliced_pyramid(recompute):
     weights = [torch.randn(1, 1, int(9 * s), int(7 * s), dtype=torch.float64) for s in (1.0, 0.9, 0.8, 0.7)]
 
     def loss(t):
-        return sum((level[:, :1] * w).sum() for level, w in zip(build_pyramid(t, (1.0, 0.9, 0.8, 0.7), recompute), weights))
+        return sum(
+            (level[:, :1] * w).sum() for level, w in zip(build_pyramid(t, (1.0, 0.9, 0.8, 0.7), recompute), weights)
+        )
 
     eager_x, compiled_x = x.clone().requires_grad_(), x.clone().requires_grad_()
     loss(eager_x).backward()

@@ -2,11 +2,11 @@
 
 import pytest
 import torch
-
 from op_inputs import cast, make_inputs, pyramid_sizes
+
 from tri_panet import pyramid_attention
-from tri_panet.reference import pyramid_attention_reference
-from tri_panet.torch_backend import diagonal_box_sum, pyramid_attention_torch, query_tile_shape
+from tri_panet.ops.reference import pyramid_attention_reference
+from tri_panet.ops.torch_tiled import diagonal_box_sum, pyramid_attention_torch, query_tile_shape
 
 CASES = [
     # (batch, cq, cv, query size, level sizes, patch size)
@@ -40,8 +40,9 @@ def test_forward_half_precision(dtype, rel_tol):
 
 
 def test_gradcheck_float64():
-    query, keys, values = make_inputs(2, 3, 2, (4, 5), [(4, 5), (3, 4), (2, 2)], dtype=torch.float64,
-                                      requires_grad=True)
+    query, keys, values = make_inputs(
+        2, 3, 2, (4, 5), [(4, 5), (3, 4), (2, 2)], dtype=torch.float64, requires_grad=True
+    )
 
     def op(q, *levels):
         return pyramid_attention_torch(q, levels[:3], levels[3:], softmax_scale=2.0, tile_bytes=8 * 25 * 7)
@@ -105,7 +106,9 @@ def test_query_tile_shape_respects_budget():
 @pytest.mark.parametrize("tile_bytes", [1, 3 * 7 * 4 * 30, 10**9])
 def test_tile_shapes_give_the_same_result(tile_bytes):
     """One-query tiles, ragged tiles and the whole image in one tile agree, forward and backward."""
-    query, keys, values = make_inputs(2, 3, 2, (7, 9), [(7, 9), (5, 6), (3, 4)], dtype=torch.float64, requires_grad=True)
+    query, keys, values = make_inputs(
+        2, 3, 2, (7, 9), [(7, 9), (5, 6), (3, 4)], dtype=torch.float64, requires_grad=True
+    )
     out = pyramid_attention_torch(query, keys, values, tile_bytes=tile_bytes)
     grads = torch.autograd.grad(out.square().sum(), [query, *keys, *values])
     ref = pyramid_attention_reference(query, keys, values)
@@ -133,3 +136,50 @@ def test_functional_op_dispatches_to_torch_and_reference():
     c = pyramid_attention(query, keys, values)  # auto on CPU -> torch
     torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
     torch.testing.assert_close(a, c, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"], ids=["cpu-tensors", "simulated-gpu-tensors"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_tile_budget_holds_on_every_device(device, dtype):
+    """The query tiles fit the budget on a GPU too: no floor of one image row of queries. The
+    GPU tensor is simulated (FakeTensorMode: shape and device only), so this runs without one."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from tri_panet.ops.torch_tiled import _BACKWARD_TILES, _FORWARD_TILES, tile_shape
+
+    with FakeTensorMode():
+        query = torch.empty(1, 32, 512, 512, device=device, dtype=dtype)
+    n_keys, budget = 865_000, 2**27  # PANet at 512 px, the default 128 MiB
+    for buffers in (_FORWARD_TILES, _BACKWARD_TILES):
+        rows, cols = tile_shape(query, n_keys, buffers, budget)
+        assert buffers * rows * cols * n_keys * (8 if dtype == torch.float64 else 4) <= budget, (rows, cols)
+
+
+def test_tile_budget_context_sets_the_default(monkeypatch):
+    from tri_panet.ops import tile_budget, torch_tiled
+
+    budgets = []
+
+    def recording_tile_shape(height, width, n_keys, buffers, elem_bytes, budget, *rest):
+        budgets.append(budget)
+        return query_tile_shape(height, width, n_keys, buffers, elem_bytes, budget, *rest)
+
+    monkeypatch.setattr(torch_tiled, "query_tile_shape", recording_tile_shape)
+    query, keys, values = make_inputs(1, 3, 2, (5, 4), [(5, 4), (3, 3)])
+    expected = pyramid_attention_torch(query, keys, values, tile_bytes=1)
+    with tile_budget(1):
+        assert torch.equal(pyramid_attention_torch(query, keys, values), expected)
+        pyramid_attention_torch(query, keys, values, tile_bytes=4096)  # an explicit budget wins
+    pyramid_attention_torch(query, keys, values)
+    assert budgets == [1, 1, 4096, torch_tiled.DEFAULT_TILE_BYTES]
+
+
+@pytest.mark.parametrize("tile_bytes, error", [(0, ValueError), (-5, ValueError), (1.5, TypeError), (True, TypeError)])
+def test_bad_tile_budget_names_the_argument(tile_bytes, error):
+    from tri_panet.ops import tile_budget
+
+    query, keys, values = make_inputs(1, 3, 2, (5, 4), [(5, 4)])
+    with pytest.raises(error, match="tile_bytes must be"):
+        pyramid_attention_torch(query, keys, values, tile_bytes=tile_bytes)
+    with pytest.raises(error, match="tile_bytes must be"), tile_budget(tile_bytes):
+        pass

@@ -14,20 +14,11 @@ import pytest
 import torch
 from PIL import Image
 
-from tri_panet.data.dataset import sample_generator
-from tri_panet.data.degradations import add_gaussian_noise, make_degradation
-from tri_panet.models import create, load_weights, read_metadata
-from tri_panet.training import (
-    StepBatchSampler,
-    TrainConfig,
-    Trainer,
-    build_model,
-    evaluate,
-    find_latest,
-    lr_factor,
-    metric_convention,
-    prepare_eval_pairs,
-)
+from tri_panet.data import add_gaussian_noise, sample_generator
+from tri_panet.evaluation import evaluate, prepare_eval_pairs
+from tri_panet.models import build_model, create, load_weights, read_metadata
+from tri_panet.tasks import get_task, make_degradation
+from tri_panet.training import StepBatchSampler, TrainConfig, Trainer, find_latest, lr_factor
 from tri_panet.training import checkpoint as ckpt
 
 TINY = {"n_feats": 8, "n_resblocks": 2, "scales": [1.0, 0.5]}
@@ -111,6 +102,16 @@ def test_train_end_to_end(images, tmp_path):
     # the log holds one JSON record per logged step and per validation
     lines = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     assert len(lines) == 5
+
+
+def test_trainer_is_ready_before_fit(images, tmp_path):
+    """The constructor prepares the run: validation and checkpoints work before fit()."""
+    trainer = Trainer(_config(images, tmp_path / "run", steps=1, val=str(images[1])))
+    assert trainer.step == 0 and trainer.wall_time() >= 0
+    assert (tmp_path / "run" / "config.toml").is_file()
+    assert math.isfinite(trainer.validate()["model_psnr"])
+    assert trainer.save_checkpoint().name == "step_00000000"
+    assert trainer.fit()["step"] == 1
 
 
 def test_loss_decreases(images, tmp_path):
@@ -299,7 +300,7 @@ def test_evaluate_identity_model_matches_skimage(images):
     train, _ = images
     paths = list_images(train)
     deg = make_degradation("denoise", sigma=30.0)
-    pairs = prepare_eval_pairs(paths, "denoise", deg, seed=5)
+    pairs = prepare_eval_pairs(paths, deg, seed=5)
     model = create("tiny-denoise", **TINY)
     res = evaluate(model, pairs, "denoise")
     for i, (p, row) in enumerate(zip(paths, res["rows"])):
@@ -311,9 +312,9 @@ def test_evaluate_identity_model_matches_skimage(images):
         assert row["model_psnr"] == pytest.approx(want_model, abs=1e-4)
         assert row["input_psnr"] == pytest.approx(want_input, abs=1e-6)
     assert res["mean"]["model_psnr"] == pytest.approx(np.mean([r["model_psnr"] for r in res["rows"]]))
-    assert metric_convention("sr", 3) == {"crop_border": 3, "y_channel": True}
-    assert metric_convention("jpeg") == {"crop_border": 0, "y_channel": True}
-    assert metric_convention("demosaic") == {"crop_border": 0, "y_channel": False}
+    assert get_task("sr").metric_convention(3) == {"crop_border": 3, "y_channel": True}
+    assert get_task("jpeg").metric_convention() == {"crop_border": 0, "y_channel": True}
+    assert get_task("demosaic").metric_convention() == {"crop_border": 0, "y_channel": False}
 
 
 def test_bf16_autocast_and_grad_clip_on_cpu(images, tmp_path):
@@ -330,7 +331,9 @@ def test_bf16_autocast_and_grad_clip_on_cpu(images, tmp_path):
 def test_mixed_precision_on_gpu(images, tmp_path, amp):
     """fp16 goes through the GradScaler (and unscale_ before clipping); both stay finite,
     write a checkpoint whose scaler state resumes."""
-    cfg = _config(images, tmp_path / amp, steps=2, amp=amp, grad_clip=1.0, device="cuda", val=str(images[1]), val_every=0)
+    cfg = _config(
+        images, tmp_path / amp, steps=2, amp=amp, grad_clip=1.0, device="cuda", val=str(images[1]), val_every=0
+    )
     trainer = Trainer(cfg)
     result = trainer.fit()
     assert math.isfinite(result["loss"]) and math.isfinite(result["val"]["val_psnr"])

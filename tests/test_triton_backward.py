@@ -6,8 +6,12 @@ import torch
 pytest.importorskip("triton")
 
 from op_inputs import gradients, make_inputs  # noqa: E402
-from tri_panet import triton_backend as tb  # noqa: E402
-from tri_panet.reference import pyramid_attention_reference  # noqa: E402
+
+from tri_panet.ops import triton_configs as tb  # noqa: E402
+from tri_panet.ops.reference import pyramid_attention_reference  # noqa: E402
+from tri_panet.ops.triton_launcher import backward as triton_backward  # noqa: E402
+from tri_panet.ops.triton_launcher import forward as triton_forward  # noqa: E402
+from tri_panet.ops.triton_launcher import pyramid_attention_triton
 
 needs_interpreter = pytest.mark.skipif(not tb.interpreting(), reason="needs TRITON_INTERPRET=1 (CPU tests)")
 
@@ -35,10 +39,15 @@ def test_gradients_fp32_match_reference(batch, cq, cv, size, levels, k):
     q, ks, vs = make_inputs(batch, cq, cv, size, levels)
     g = torch.Generator().manual_seed(7)
     grad_out = torch.randn(batch, cv, *size, generator=g)
-    got = gradients(tb.pyramid_attention_triton, q, ks, vs, grad_out, patch_size=k, **OPTS)
+    got = gradients(pyramid_attention_triton, q, ks, vs, grad_out, patch_size=k, **OPTS)
     ref = gradients(
-        pyramid_attention_reference, q.double(), [x.double() for x in ks], [x.double() for x in vs],
-        grad_out.double(), patch_size=k, **OPTS,
+        pyramid_attention_reference,
+        q.double(),
+        [x.double() for x in ks],
+        [x.double() for x in vs],
+        grad_out.double(),
+        patch_size=k,
+        **OPTS,
     )
     assert max_error(got[0], ref[0]) <= 1e-4
     assert max_error(got[1], ref[1]) <= 1e-4
@@ -55,10 +64,15 @@ def test_gradients_through_key_norm_floor():
     ks[1] = ks[1] * 1e-6
     grad_out = torch.randn(1, 3, 5, 6, generator=torch.Generator().manual_seed(8))
     opts = dict(softmax_scale=4.0, key_eps=1e-3, fold_divisor=3.0)
-    got = gradients(tb.pyramid_attention_triton, q, ks, vs, grad_out, patch_size=3, **opts)
+    got = gradients(pyramid_attention_triton, q, ks, vs, grad_out, patch_size=3, **opts)
     ref = gradients(
-        pyramid_attention_reference, q.double(), [x.double() for x in ks], [x.double() for x in vs],
-        grad_out.double(), patch_size=3, **opts,
+        pyramid_attention_reference,
+        q.double(),
+        [x.double() for x in ks],
+        [x.double() for x in vs],
+        grad_out.double(),
+        patch_size=3,
+        **opts,
     )
     for a, b in zip([got[1], *got[2], *got[3]], [ref[1], *ref[2], *ref[3]]):
         # dK/dk = 1/key_eps where the floor is active: gradients reach ~1e2, compare relatively
@@ -69,10 +83,15 @@ def test_gradients_through_key_norm_floor():
 def test_gradients_fp16_within_tolerance():
     q, ks, vs = make_inputs(1, 6, 5, (5, 6), [(5, 6), (4, 4)], dtype=torch.float16, seed=4)
     grad_out = torch.randn(1, 5, 5, 6, generator=torch.Generator().manual_seed(9)).half()
-    got = gradients(tb.pyramid_attention_triton, q, ks, vs, grad_out, patch_size=3, **OPTS)
+    got = gradients(pyramid_attention_triton, q, ks, vs, grad_out, patch_size=3, **OPTS)
     ref = gradients(
-        pyramid_attention_reference, q.float(), [x.float() for x in ks], [x.float() for x in vs],
-        grad_out.float(), patch_size=3, **OPTS,
+        pyramid_attention_reference,
+        q.float(),
+        [x.float() for x in ks],
+        [x.float() for x in vs],
+        grad_out.float(),
+        patch_size=3,
+        **OPTS,
     )
     for a, b in zip([got[1], *got[2], *got[3]], [ref[1], *ref[2], *ref[3]]):
         assert a.dtype == torch.float16
@@ -86,10 +105,15 @@ def test_small_blocks_many_programs(monkeypatch):
     monkeypatch.setattr(tb, "INTERPRET_CONFIG", (16, 16, 4, 1))
     q, ks, vs = make_inputs(1, 5, 4, (4, 6), [(4, 6), (3, 4)], seed=5)
     grad_out = torch.randn(1, 4, 4, 6, generator=torch.Generator().manual_seed(10))
-    got = gradients(tb.pyramid_attention_triton, q, ks, vs, grad_out, patch_size=3, **OPTS)
+    got = gradients(pyramid_attention_triton, q, ks, vs, grad_out, patch_size=3, **OPTS)
     ref = gradients(
-        pyramid_attention_reference, q.double(), [x.double() for x in ks], [x.double() for x in vs],
-        grad_out.double(), patch_size=3, **OPTS,
+        pyramid_attention_reference,
+        q.double(),
+        [x.double() for x in ks],
+        [x.double() for x in vs],
+        grad_out.double(),
+        patch_size=3,
+        **OPTS,
     )
     for a, b in zip([got[0], got[1], *got[2], *got[3]], [ref[0], ref[1], *ref[2], *ref[3]]):
         assert max_error(a, b) <= 1e-4
@@ -100,9 +124,9 @@ def test_backward_without_saved_output_matches():
     """triton_backward rebuilds the unfolded output when it is not given (library use)."""
     q, ks, vs = make_inputs(1, 4, 3, (4, 5), [(4, 5), (3, 3)], seed=6)
     grad_out = torch.randn(1, 3, 4, 5, generator=torch.Generator().manual_seed(11))
-    _, lse, _ = tb.triton_forward(q, ks, vs, patch_size=3, **OPTS)
-    dq, dks, dvs = tb.triton_backward(grad_out, q, ks, vs, lse, patch_size=3, **OPTS)
-    ref = gradients(tb.pyramid_attention_triton, q, ks, vs, grad_out, patch_size=3, **OPTS)
+    _, lse, _ = triton_forward(q, ks, vs, patch_size=3, **OPTS)
+    dq, dks, dvs = triton_backward(grad_out, q, ks, vs, lse, patch_size=3, **OPTS)
+    ref = gradients(pyramid_attention_triton, q, ks, vs, grad_out, patch_size=3, **OPTS)
     for a, b in zip([dq, *dks, *dvs], [ref[1], *ref[2], *ref[3]]):
         assert max_error(a, b) <= 1e-5
 

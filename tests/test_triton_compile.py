@@ -30,8 +30,8 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 from triton.runtime.jit import JITFunction  # noqa: E402
 
-from tri_panet import triton_backend as tb  # noqa: E402
 from tri_panet.kernels import pyramid_bwd, pyramid_fwd  # noqa: E402
+from tri_panet.ops import triton_configs as tb  # noqa: E402
 
 #: Largest dynamic shared memory per block: A100 (sm_80) and H100 (sm_90).
 SHARED_LIMIT = {80: 166_912, 90: 232_448}
@@ -41,24 +41,68 @@ ELEMENT_SIZE = {"fp16": 2, "bf16": 2, "fp32": 4}
 
 # Runtime arguments of the kernels: pointer element types ("DT" = the input dtype) and scalars.
 FWD_ARGS = {
-    "Q": "*DT", "K": "*DT", "V": "*DT", "KINV": "*fp32", "LEVELS": "*i32", "OUT": "*fp32", "LSE": "*fp32", "O": "*DT",
-    "H": "i32", "W": "i32", "NK": "i32", "CV": "i32", "n_levels": "i32", "qk_scale": "fp32", "out_scale": "fp32",
+    "Q": "*DT",
+    "K": "*DT",
+    "V": "*DT",
+    "KINV": "*fp32",
+    "LEVELS": "*i32",
+    "OUT": "*fp32",
+    "LSE": "*fp32",
+    "O": "*DT",
+    "H": "i32",
+    "W": "i32",
+    "NK": "i32",
+    "CV": "i32",
+    "n_levels": "i32",
+    "qk_scale": "fp32",
+    "out_scale": "fp32",
 }
 NORM_ARGS = {"K": "*DT", "NORM": "*fp32", "KINV": "*fp32", "LEVELS": "*i32", "NK": "i32", "key_eps": "fp32"}
 _SCALARS = {"H": "i32", "W": "i32", "NK": "i32"}
 DQ_ARGS = {
-    "Q": "*DT", "K": "*DT", "V": "*DT", "KINV": "*fp32", "LEVELS": "*i32", "G": "*DT", "LSE": "*fp32",
-    "DELTA": "*fp32", "DQ": "*fp32", **_SCALARS, "n_levels": "i32", "qk_scale": "fp32", "scale": "fp32",
+    "Q": "*DT",
+    "K": "*DT",
+    "V": "*DT",
+    "KINV": "*fp32",
+    "LEVELS": "*i32",
+    "G": "*DT",
+    "LSE": "*fp32",
+    "DELTA": "*fp32",
+    "DQ": "*fp32",
+    **_SCALARS,
+    "n_levels": "i32",
+    "qk_scale": "fp32",
+    "scale": "fp32",
     "out_scale": "fp32",
 }
 DK_ARGS = {
-    "Q": "*DT", "K": "*DT", "V": "*DT", "NORM": "*fp32", "KINV": "*fp32", "LEVELS": "*i32", "G": "*DT",
-    "LSE": "*fp32", "DELTA": "*fp32", "DK": "*fp32", **_SCALARS, "key_eps": "fp32", "qk_scale": "fp32",
-    "scale": "fp32", "out_scale": "fp32",
+    "Q": "*DT",
+    "K": "*DT",
+    "V": "*DT",
+    "NORM": "*fp32",
+    "KINV": "*fp32",
+    "LEVELS": "*i32",
+    "G": "*DT",
+    "LSE": "*fp32",
+    "DELTA": "*fp32",
+    "DK": "*fp32",
+    **_SCALARS,
+    "key_eps": "fp32",
+    "qk_scale": "fp32",
+    "scale": "fp32",
+    "out_scale": "fp32",
 }
 DV_ARGS = {
-    "Q": "*DT", "K": "*DT", "KINV": "*fp32", "LEVELS": "*i32", "G": "*DT", "LSE": "*fp32", "DV": "*fp32",
-    **_SCALARS, "qk_scale": "fp32", "out_scale": "fp32",
+    "Q": "*DT",
+    "K": "*DT",
+    "KINV": "*fp32",
+    "LEVELS": "*i32",
+    "G": "*DT",
+    "LSE": "*fp32",
+    "DV": "*fp32",
+    **_SCALARS,
+    "qk_scale": "fp32",
+    "out_scale": "fp32",
 }
 DELTA_ARGS = {"G": "*DT", "O": "*DT", "DELTA": "*fp32", "H": "i32", "W": "i32", "out_scale": "fp32"}
 
@@ -68,7 +112,7 @@ def _jit(kernel):
     return kernel if isinstance(kernel, JITFunction) else JITFunction(kernel.fn)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def compile_kernel(kernel, args: tuple, constexprs: tuple, dtype: str, cc: int, num_warps: int, num_stages: int):
     """Compile for sm_``cc``: returns (shared bytes, registers, stack bytes)."""
     fn = _jit(kernel)
@@ -76,7 +120,9 @@ def compile_kernel(kernel, args: tuple, constexprs: tuple, dtype: str, cc: int, 
     constexprs = dict(constexprs)
     signature.update({name: "constexpr" for name in constexprs})
     # Pointers from torch's allocator are 16-byte aligned: the launcher specialises on that too.
-    attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n, kind in signature.items() if kind.startswith("*")}
+    attrs = {
+        (fn.arg_names.index(n),): [["tt.divisibility", 16]] for n, kind in signature.items() if kind.startswith("*")
+    }
     src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
     compiled = triton.compile(
         src, target=GPUTarget("cuda", cc, 32), options=dict(num_warps=num_warps, num_stages=num_stages)
@@ -130,16 +176,41 @@ def compile_bwd(kernel_name, cq, cv, patch, dtype, cc, config=None):
         warps, stages = 4, 1
     elif kernel_name == "dq":
         kernel, args = pyramid_bwd.dq_kernel, DQ_ARGS
-        consts = dict(CQP=cqp, CQ_BLOCK=cq_block, CVP=cvp, CV_BLOCK=cv_block, PATCH=patch, PRECISION=prec,
-                      BLOCK_M=block_m, BLOCK_N=block_n)
+        consts = dict(
+            CQP=cqp,
+            CQ_BLOCK=cq_block,
+            CVP=cvp,
+            CV_BLOCK=cv_block,
+            PATCH=patch,
+            PRECISION=prec,
+            BLOCK_M=block_m,
+            BLOCK_N=block_n,
+        )
     elif kernel_name == "dk":
         kernel, args = pyramid_bwd.dk_kernel, DK_ARGS
-        consts = dict(N_SLICES=cqp // cq_block, CQP=cqp, CQ_BLOCK=cq_block, CVP=cvp, CV_BLOCK=cv_block, PATCH=patch,
-                      PRECISION=prec, BLOCK_M=block_m, BLOCK_N=block_n)
+        consts = dict(
+            N_SLICES=cqp // cq_block,
+            CQP=cqp,
+            CQ_BLOCK=cq_block,
+            CVP=cvp,
+            CV_BLOCK=cv_block,
+            PATCH=patch,
+            PRECISION=prec,
+            BLOCK_M=block_m,
+            BLOCK_N=block_n,
+        )
     else:
         kernel, args = pyramid_bwd.dv_kernel, DV_ARGS
-        consts = dict(N_SLICES=cvp // cv_block, CQP=cqp, CVP=cvp, CV_BLOCK=cv_block, PATCH=patch, PRECISION=prec,
-                      BLOCK_M=block_m, BLOCK_N=block_n)
+        consts = dict(
+            N_SLICES=cvp // cv_block,
+            CQP=cqp,
+            CVP=cvp,
+            CV_BLOCK=cv_block,
+            PATCH=patch,
+            PRECISION=prec,
+            BLOCK_M=block_m,
+            BLOCK_N=block_n,
+        )
     return compile_kernel(kernel, tuple(args.items()), tuple(consts.items()), dtype, cc, warps, stages)
 
 
@@ -169,9 +240,18 @@ def _fwd_row(cc, shape, dtype, config, name, store_o=False):
     shared, regs, stack = compile_fwd(*shape, dtype, cc, config, store_o)
     meta = fwd_meta(*shape, dtype, cc)
     return dict(
-        kernel="fwd+O" if store_o else "fwd", cc=cc, dtype=dtype, name=name, shape=list(shape), config=list(config),
-        default=config == configs(cc, shape, dtype)[0], cv_block=meta["CV_BLOCK"], shared=shared, regs=regs,
-        stack=stack, estimate=tb.shared_estimate(config, shape[2], meta["CQP"], meta["CV_BLOCK"], ELEMENT_SIZE[dtype]),
+        kernel="fwd+O" if store_o else "fwd",
+        cc=cc,
+        dtype=dtype,
+        name=name,
+        shape=list(shape),
+        config=list(config),
+        default=config == configs(cc, shape, dtype)[0],
+        cv_block=meta["CV_BLOCK"],
+        shared=shared,
+        regs=regs,
+        stack=stack,
+        estimate=tb.shared_estimate(config, shape[2], meta["CQP"], meta["CV_BLOCK"], ELEMENT_SIZE[dtype]),
     )
 
 
@@ -179,8 +259,20 @@ def _bwd_row(cc, kernel, shape, dtype, name):
     shared, regs, stack = compile_bwd(kernel, *shape, dtype, cc)
     fam = tb.family(CAPABILITY[cc])
     config = tb.BWD_CONFIGS[fam].get(kernel, (tb.DELTA_BLOCK, 0, 4, 1))
-    return dict(kernel=kernel, cc=cc, dtype=dtype, name=name, shape=list(shape), config=list(config), default=True,
-                cv_block=fwd_meta(*shape, dtype, cc)["CV_BLOCK"], shared=shared, regs=regs, stack=stack, estimate=0)
+    return dict(
+        kernel=kernel,
+        cc=cc,
+        dtype=dtype,
+        name=name,
+        shape=list(shape),
+        config=list(config),
+        default=True,
+        cv_block=fwd_meta(*shape, dtype, cc)["CV_BLOCK"],
+        shared=shared,
+        regs=regs,
+        stack=stack,
+        estimate=0,
+    )
 
 
 def table(full: bool = False) -> list[dict]:
@@ -196,16 +288,32 @@ def table(full: bool = False) -> list[dict]:
         rows += [_fwd_row(cc, PANET, "fp16", c, "panet") for c in configs(cc, PANET)]
         rows.append(_fwd_row(cc, PANET, "bf16", configs(cc, PANET, "bf16")[0], "panet"))
         shared, regs, stack = compile_norm(PANET[0], PANET[2], "fp16", cc)
-        rows.append(dict(kernel="key_norm", cc=cc, dtype="fp16", name="panet", shape=list(PANET),
-                         config=[tb.NORM_BLOCK, 0, 4, 1], default=True, cv_block=0, shared=shared, regs=regs,
-                         stack=stack, estimate=0))
+        rows.append(
+            dict(
+                kernel="key_norm",
+                cc=cc,
+                dtype="fp16",
+                name="panet",
+                shape=list(PANET),
+                config=[tb.NORM_BLOCK, 0, 4, 1],
+                default=True,
+                cv_block=0,
+                shared=shared,
+                regs=regs,
+                stack=stack,
+                estimate=0,
+            )
+        )
         rows += [_bwd_row(cc, k, PANET, "fp16", "panet") for k in ("delta", "dq", "dk", "dv")]
         if not full:
             continue
         rows.append(_fwd_row(cc, PANET, "fp32", configs(cc, PANET, "fp32")[0], "panet"))
         rows.append(_fwd_row(cc, PANET, "fp16", configs(cc, PANET)[0], "panet", store_o=True))
-        rows += [_fwd_row(cc, shape, "fp16", configs(cc, shape)[0], name) for name, shape in OTHER_SHAPES.items()
-                 if name != "k5"]
+        rows += [
+            _fwd_row(cc, shape, "fp16", configs(cc, shape)[0], name)
+            for name, shape in OTHER_SHAPES.items()
+            if name != "k5"
+        ]
         # every fitting config of the most shared-memory-hungry shape
         rows += [_fwd_row(cc, OTHER_SHAPES["k5"], "fp16", c, "k5") for c in configs(cc, OTHER_SHAPES["k5"])]
         rows += [_bwd_row(cc, k, PANET, dt, "panet") for dt in ("bf16", "fp32") for k in ("dq", "dk", "dv")]
@@ -278,7 +386,9 @@ def test_full_set_compiles_within_shared_memory(compiled_full, cc):
 
 
 def format_table(rows) -> str:
-    lines = ["kernel    sm  dtype  shape (Cq,Cv,k)  name          config (BM,BN,warps,stages)  CV_BLOCK  shared  REG  STACK"]
+    lines = [
+        "kernel    sm  dtype  shape (Cq,Cv,k)  name          config (BM,BN,warps,stages)  CV_BLOCK  shared  REG  STACK"
+    ]
     lines[0] += "   (* = default: the first config the autotuner may pick)"
     for r in rows:
         lines.append(

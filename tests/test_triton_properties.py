@@ -17,8 +17,10 @@ from hypothesis import strategies as st
 pytest.importorskip("triton")
 
 from op_inputs import gradients, make_inputs  # noqa: E402
-from tri_panet import triton_backend as tb  # noqa: E402
-from tri_panet.reference import pyramid_attention_reference  # noqa: E402
+
+from tri_panet.ops import triton_configs as tb  # noqa: E402
+from tri_panet.ops.reference import pyramid_attention_reference  # noqa: E402
+from tri_panet.ops.triton_launcher import pyramid_attention_triton  # noqa: E402
 
 # On a GPU machine the same draws run the compiled kernels (CUDA tensors); elsewhere the interpreter.
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -46,8 +48,9 @@ def configs(draw):
 @settings(max_examples=EXAMPLES, deadline=None)
 @given(configs())
 def test_triton_forward_and_gradients_match_reference(cfg):
-    query, keys, values = make_inputs(cfg["batch"], cfg["cq"], cfg["cv"], cfg["query_size"], cfg["level_sizes"],
-                                      seed=cfg["seed"])
+    query, keys, values = make_inputs(
+        cfg["batch"], cfg["cq"], cfg["cv"], cfg["query_size"], cfg["level_sizes"], seed=cfg["seed"]
+    )
     options = dict(patch_size=cfg["patch_size"], softmax_scale=cfg["softmax_scale"], key_eps=1e-4, fold_divisor=4.0)
     grad_out = torch.randn(cfg["batch"], cfg["cv"], *cfg["query_size"], generator=torch.Generator().manual_seed(1))
 
@@ -56,7 +59,7 @@ def test_triton_forward_and_gradients_match_reference(cfg):
         out, dq, dks, dvs = gradients(fn, q, ks, vs, grad_out.to(DEVICE, dtype), **options)
         return [t.cpu() for t in (out, dq, *dks, *dvs)]
 
-    got = run(tb.pyramid_attention_triton, torch.float32)
+    got = run(pyramid_attention_triton, torch.float32)
     expected = run(pyramid_attention_reference, torch.float64)
     for name, g, e in zip(["out", "query", *["key"] * len(keys), *["value"] * len(keys)], got, expected):
         scale = max(1.0, e.abs().max().item())

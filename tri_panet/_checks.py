@@ -56,9 +56,7 @@ def _check_map(name: str, t: object) -> torch.Tensor:
     if t.dim() != 4:
         raise ValueError(f"{name} must be 4-D [B, C, H, W], got shape {tuple(t.shape)}")
     if t.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(
-            f"{name} must have a floating dtype among float16, bfloat16, float32, float64, got {t.dtype}"
-        )
+        raise TypeError(f"{name} must have a floating dtype among float16, bfloat16, float32, float64, got {t.dtype}")
     if any(n == 0 for n in t.shape):
         raise ValueError(f"{name} must not have an empty dimension, got shape {tuple(t.shape)}")
     return t

@@ -17,11 +17,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ._files import check_writable
+from .cost import plan_restore
 from .data.degradations import add_gaussian_noise
 from .data.io import save_image
 from .inference import restore
 from .metrics import psnr
-from .models import load_pretrained
+from .models import build_model, load_pretrained
 
 __all__ = ["run_demo", "demo_image", "DEMO_IMAGES", "OUTPUT_NAME"]
 
@@ -69,7 +71,7 @@ def run_demo(
     size: int = 256,
     image: str = "astronaut",
     seed: int = 0,
-    tile: int | None = 64,
+    tile: int | str | None = 64,
     tile_overlap: int = 16,
     force: bool = False,
     weights: str | Path | None = None,
@@ -80,9 +82,12 @@ def run_demo(
 
     ``tile``: restore in tiles of this side (64 by default: the attention cost grows with
     the square of the area, so tiles keep a 256 x 256 photo at a few seconds on 2 CPU
-    cores); None or 0 for the whole image at once. ``weights``: a ``.safetensors`` file
-    to use instead of the bundled ``tiny-denoise`` weights. Raises FileNotFoundError (naming the missing file) when neither exists,
-    FileExistsError when the picture exists and ``force`` is False.
+    cores); None or 0 for the whole image at once; ``"auto"`` as ``tri-panet restore``
+    picks it (:func:`tri_panet.cost.plan_restore`, which also refuses a size that cannot
+    fit in memory). ``weights``: a ``.safetensors`` file
+    to use instead of the bundled ``tiny-denoise`` weights. Raises FileNotFoundError
+    (naming the missing file) when neither exists, FileExistsError when the picture exists
+    and ``force`` is False. PSNR in dB (RGB, no border crop), ``seconds`` of restoration.
     """
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
@@ -90,12 +95,11 @@ def run_demo(
     path = out_dir / OUTPUT_NAME
     if path.exists() and not force:
         raise FileExistsError(f"{path} exists; pass --force to overwrite it")
+    check_writable(path)  # before the work, not after it
     if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not 0 <= sigma <= 255:
         raise ValueError(f"sigma must be a number in [0, 255], got {sigma!r}")
 
     if weights is not None:
-        from .training.engine import build_model
-
         model = build_model(weights=weights, task="denoise").eval()
     else:
         try:
@@ -110,8 +114,9 @@ def run_demo(
     clean = demo_image(image, size)
     g = torch.Generator().manual_seed(seed)
     noisy = add_gaussian_noise(clean, sigma, generator=g)
+    plan = plan_restore(model, torch.device(device), [(size, size)], tile or None, tile_overlap)
+    tile = plan.tile if tile == "auto" else tile or None
     t0 = time.perf_counter()
-    tile = tile or None
     if tile is not None and tile >= size:
         tile = None  # one tile covers the photo
     restored = restore(model, noisy.to(device), tile=tile, tile_overlap=tile_overlap).cpu()

@@ -1,5 +1,5 @@
-"""Inference: whole-image or tiled restoration with smooth blending, padding to the model's
-multiple, optional x8 self-ensemble, and fp16/bf16 autocast.
+"""Inference (``restore``): whole-image or tiled restoration with smooth blending, padding
+to the model's size multiple, optional x8 self-ensemble, and fp16/bf16 autocast.
 
 Tiling. Tiles of ``tile`` x ``tile`` input pixels are spread evenly so that neighbours
 overlap by at least ``tile_overlap`` pixels. Each tile's output is weighted by a separable
@@ -22,18 +22,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .models import describe
+from .models.common import check_int
+
+__all__ = ["blend_window", "check_tile", "restore", "tile_starts"]
+
 _AUTOCAST_DTYPES = (torch.float16, torch.bfloat16)
 
 
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
-
-
-def _tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     """Evenly spread starts of tiles of ``tile`` covering [0, length), neighbours overlapping
     by >= ``overlap`` (one tile if it covers everything)."""
     if length <= tile:
@@ -42,6 +39,23 @@ def _tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     n = max(n, 2)
     # average step (length - tile) / (n - 1) <= tile - overlap, so every rounded step is too
     return [round(i * (length - tile) / (n - 1)) for i in range(n)]
+
+
+def check_tile(tile: int | tuple[int, int] | None, tile_overlap: int, multiple: int = 1) -> tuple[int, int] | None:
+    """``tile`` (None, an int or (height, width)) as (height, width), or None; ValueError
+    unless each side is an int larger than ``tile_overlap`` and a multiple of ``multiple``."""
+    if tile is None:
+        return None
+    tiles = tuple(tile) if isinstance(tile, (tuple, list)) else (tile, tile)
+    if len(tiles) != 2:
+        raise ValueError(f"tile must be an int or (height, width), got {tile!r}")
+    for t in tiles:
+        check_int("tile", t, 1)
+        if t <= tile_overlap:
+            raise ValueError(f"tile ({t}) must be larger than tile_overlap ({tile_overlap})")
+        if t % multiple:
+            raise ValueError(f"tile ({t}) must be a multiple of multiple ({multiple})")
+    return tiles
 
 
 def blend_window(size: int, overlap: int, left: bool, right: bool) -> torch.Tensor:
@@ -87,7 +101,7 @@ def _forward_tiled(model, x: torch.Tensor, tile: tuple[int, int], overlap: int, 
     """Tiled forward of ``x`` [N, C, H, W] -> [N, C', H*scale, W*scale] with blended overlaps."""
     n, _, h, w = x.shape
     th, tw = min(tile[0], h), min(tile[1], w)
-    ys, xs = _tile_starts(h, th, overlap), _tile_starts(w, tw, overlap)
+    ys, xs = tile_starts(h, th, overlap), tile_starts(w, tw, overlap)
     out = wsum = None
     for y0 in ys:
         wy = blend_window(th * scale, overlap * scale, y0 > 0, y0 + th < h)
@@ -145,13 +159,14 @@ def restore(
     Args:
         model: an nn.Module (or callable) mapping [N, C, h, w] -> [N, C', h*scale, w*scale].
             Run in eval mode under ``torch.no_grad`` (its mode is restored afterwards).
+            Its channels, scale and size multiple come from ``tri_panet.models.describe``.
         tile: None for the whole image at once, else the tile side in input pixels (int or
             (height, width)); must exceed ``tile_overlap`` and be a multiple of ``multiple``.
         tile_overlap: minimum overlap of neighbouring tiles, input pixels (see module doc).
         self_ensemble: average the outputs over the 8 flips/transposes (x8 time).
-        scale: output/input size ratio; None takes ``model.scale`` (1 if absent).
+        scale: output/input size ratio; None takes the model's (1 for a foreign model).
         multiple: the model needs H, W divisible by it; the image is reflect-padded up to it
-            and the output cropped back. None takes ``model.multiple`` (1 if absent).
+            and the output cropped back. None takes the model's (1 for a foreign model).
         dtype: None/float32 for full precision, or float16/bfloat16 for autocast (meant for
             GPUs; on a CPU it works but is rarely faster).
     """
@@ -165,27 +180,18 @@ def restore(
         raise ValueError(f"image must not be empty, got shape {tuple(image.shape)}")
     squeeze = image.dim() == 3
     x = image[None] if squeeze else image
-    n_colors = getattr(model, "n_colors", None)
-    if n_colors is not None and x.shape[1] != n_colors:
+    info = describe(model)
+    if info.n_colors is not None and x.shape[1] != info.n_colors:
         raise ValueError(
-            f"image has {x.shape[1]} channels but the model expects n_colors={n_colors} "
+            f"image has {x.shape[1]} channels but the model expects n_colors={info.n_colors} "
             f"(image shape {tuple(image.shape)})"
         )
-    scale = getattr(model, "scale", 1) if scale is None else scale
-    multiple = getattr(model, "multiple", 1) if multiple is None else multiple
-    _check_int("scale", scale, 1)
-    _check_int("multiple", multiple, 1)
-    _check_int("tile_overlap", tile_overlap, 0)
-    if tile is not None:
-        tiles = tuple(tile) if isinstance(tile, (tuple, list)) else (tile, tile)
-        if len(tiles) != 2:
-            raise ValueError(f"tile must be an int or (height, width), got {tile!r}")
-        for t in tiles:
-            _check_int("tile", t, 1)
-            if t <= tile_overlap:
-                raise ValueError(f"tile ({t}) must be larger than tile_overlap ({tile_overlap})")
-            if t % multiple:
-                raise ValueError(f"tile ({t}) must be a multiple of multiple ({multiple})")
+    scale = info.scale if scale is None else scale
+    multiple = info.multiple if multiple is None else multiple
+    check_int("scale", scale, 1)
+    check_int("multiple", multiple, 1)
+    check_int("tile_overlap", tile_overlap, 0)
+    tiles = check_tile(tile, tile_overlap, multiple)
     if dtype is not None and dtype not in (torch.float32, *_AUTOCAST_DTYPES):
         raise ValueError(f"dtype must be None, torch.float32, torch.float16 or torch.bfloat16, got {dtype}")
     if not isinstance(self_ensemble, bool):
@@ -197,7 +203,7 @@ def restore(
     work_dtype = ref.dtype if ref is not None and ref.dtype == torch.float64 else torch.float32
     x = x.to(device=device, dtype=work_dtype)
 
-    n, _, h, w = x.shape
+    h, w = x.shape[-2:]
     ph, pw = (-h) % multiple, (-w) % multiple
     if ph or pw:
         # reflect needs the pad to be smaller than the side; tiny images fall back to replicate

@@ -128,4 +128,3 @@ def ssim(
     sxy = blur(x * y) - mu_x * mu_y
     ssim_map = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2))
     return ssim_map.mean(dim=(2, 3)).mean(dim=1)
-

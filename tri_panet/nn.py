@@ -1,4 +1,4 @@
-"""``PyramidAttention``: the PANet block (SPEC section 2), loading official state dicts."""
+"""``PyramidAttention``: the PANet block, as the official code builds it, loading official state dicts."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ._checks import check_patch_size, check_positive_finite, check_scales
-from .functional import pyramid_attention, resolve_backend
+from .ops import pyramid_attention, resolve_backend
 from .resize import bicubic_downscale, level_size
 
 #: The official pyramid, computed as the official code does: 1.0, 0.9, 0.8, 0.7, 0.6.
@@ -91,11 +91,11 @@ class PyramidAttention(nn.Module):
         if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != self.channels:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"x must be a [B, {self.channels}, H, W] tensor, got {shape}")
-        pyramid = build_pyramid(x, self.scales, self.recompute_scale_factor)
+        query, keys, values = self.embed(x)
         attended = pyramid_attention(
-            self.conv_match_L_base(x),
-            [self.conv_match(level) for level in pyramid],
-            [self.conv_assembly(level) for level in pyramid],
+            query,
+            keys,
+            values,
             patch_size=self.patch_size,
             softmax_scale=self.softmax_scale,
             key_eps=self.key_eps,
@@ -103,6 +103,17 @@ class PyramidAttention(nn.Module):
             backend=self.backend,
         )
         return attended + self.res_scale * x
+
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """The op's inputs for ``x`` [B, channels, H, W]: (query [B, channels // reduction, H, W],
+        keys, values), keys and values one map per pyramid level (query / key and value embeddings
+        of x and of its bicubic pyramid)."""
+        pyramid = build_pyramid(x, self.scales, self.recompute_scale_factor)
+        return (
+            self.conv_match_L_base(x),
+            [self.conv_match(level) for level in pyramid],
+            [self.conv_assembly(level) for level in pyramid],
+        )
 
     def extra_repr(self) -> str:
         return (

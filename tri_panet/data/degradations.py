@@ -1,10 +1,9 @@
-"""Degradations of the four restoration tasks, and their classical baselines.
+"""Degradations of the four restoration tasks, and the demosaicing baseline.
 
 All functions take float tensors with values in [0, 1], shaped [C, H, W] or [N, C, H, W],
 and return the same layout (same dtype and device) unless stated otherwise.
 
-Conventions (ENGINEERING.md "Metrics and degradations", the PANet / BasicSR / SwinIR
-test scripts):
+Conventions (those of the PANet / BasicSR / SwinIR test scripts):
 
 - Noise: additive white Gaussian, ``sigma`` on the 0-255 scale. The noisy image is
   neither clipped nor quantised by default (as the DnCNN/FFDNet/SwinIR test scripts).
@@ -13,10 +12,15 @@ test scripts):
 - Demosaicing: Bayer RGGB, R at (even row, even column), G at (even, odd) and (odd, even),
   B at (odd, odd); the mosaic is a 3-channel image holding zeros where a colour is
   not sampled.
-- Super-resolution: MATLAB ``imresize`` bicubic (cubic kernel a = -0.5, antialiased when
-  downsampling, symmetric border), the LR inputs of the SR benchmarks.
+- Super-resolution: MATLAB ``imresize`` bicubic (:mod:`tri_panet.data.matlab_resize`),
+  the LR inputs of the SR benchmarks.
 - Y channel: ITU-R BT.601 studio range as MATLAB ``rgb2ycbcr``:
   Y = (16 + 65.481 R + 128.553 G + 24.966 B) / 255 for R, G, B in [0, 1].
+
+A task's degradation as one object (:class:`Degradation`: :class:`GaussianNoise`,
+:class:`JPEGCompression`, :class:`BayerMosaic`, :class:`BicubicDownsampling`) draws its
+parameters per image from a generator and returns them with the degraded image;
+``tri_panet.tasks.make_degradation`` builds the one of a task by name.
 """
 
 from __future__ import annotations
@@ -31,54 +35,26 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-TASKS = ("denoise", "jpeg", "demosaic", "sr")
-SR_SCALES = (2, 3, 4)
+from .image import as_batch, check_scale, quantize
+from .matlab_resize import bicubic_downsample
 
 __all__ = [
-    "TASKS",
-    "SR_SCALES",
+    "BayerMosaic",
+    "BicubicDownsampling",
     "Degradation",
+    "GaussianNoise",
+    "JPEGCompression",
     "add_gaussian_noise",
-    "bayer_mosaic",
     "bayer_masks",
-    "bicubic_downsample",
-    "bicubic_upsample",
+    "bayer_mosaic",
     "bilinear_demosaic",
+    "cfa_to_mosaic",
     "jpeg_compress",
-    "make_degradation",
-    "modcrop",
-    "quantize",
     "rgb_to_y",
 ]
 
 
 # --------------------------------------------------------------------------- checks
-
-
-def _as_batch(name: str, img: object, channels: Sequence[int] | None = None) -> tuple[torch.Tensor, bool]:
-    """Return (img as [N, C, H, W], whether it was 3-D); raise on anything else."""
-    if not isinstance(img, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(img).__name__}")
-    if not img.is_floating_point():
-        raise TypeError(f"{name} must be a floating tensor with values in [0, 1], got dtype {img.dtype}")
-    if img.dim() not in (3, 4):
-        raise ValueError(f"{name} must be [C, H, W] or [N, C, H, W], got shape {tuple(img.shape)}")
-    if any(n == 0 for n in img.shape):
-        raise ValueError(f"{name} must not have an empty dimension, got shape {tuple(img.shape)}")
-    squeeze = img.dim() == 3
-    x = img.unsqueeze(0) if squeeze else img
-    if channels is not None and x.shape[1] not in channels:
-        want = " or ".join(str(c) for c in channels)
-        raise ValueError(f"{name} must have {want} channels, got {x.shape[1]} (shape {tuple(img.shape)})")
-    return x, squeeze
-
-
-def _check_scale(scale: object) -> int:
-    if isinstance(scale, bool) or not isinstance(scale, Integral):
-        raise TypeError(f"scale must be an int, got {type(scale).__name__}")
-    if scale < 1:
-        raise ValueError(f"scale must be an integer >= 1, got {scale}")
-    return int(scale)
 
 
 def _check_sigma(name: str, sigma: object) -> float:
@@ -106,26 +82,7 @@ def _check_range(name: str, rng: object, check) -> tuple:
     return lo, hi
 
 
-# --------------------------------------------------------------------------- helpers
-
-
-def quantize(img: torch.Tensor) -> torch.Tensor:
-    """Round ``img`` (in [0, 1]) to the 8-bit grid k/255, clamping to [0, 1] (half away
-    from zero, as MATLAB's and Pillow's conversions to uint8)."""
-    return torch.floor(img.clamp(0, 1) * 255 + 0.5) / 255
-
-
-quantize_fn = quantize  # the functions below take a ``quantize`` flag that shadows the name
-
-
-def modcrop(img: torch.Tensor, scale: int) -> torch.Tensor:
-    """Crop the bottom/right of ``img`` ([..., H, W]) so that H and W are multiples of
-    ``scale`` (BasicSR's ``modcrop``; the SR benchmarks' HR images are cropped this way)."""
-    scale = _check_scale(scale)
-    h, w = img.shape[-2:]
-    if h < scale or w < scale:
-        raise ValueError(f"image of size {h}x{w} is smaller than scale {scale}")
-    return img[..., : h - h % scale, : w - w % scale]
+# --------------------------------------------------------------------------- colour
 
 
 def rgb_to_y(img: torch.Tensor) -> torch.Tensor:
@@ -160,7 +117,7 @@ def add_gaussian_noise(
     image is on the CPU) in float32 or float64, so that a seed gives the same noise for
     any image dtype. With ``clip`` the result is clamped to [0, 1]; it is never quantised.
     """
-    x, _ = _as_batch("img", img)
+    as_batch("img", img)
     sigma = _check_sigma("sigma", sigma)
     noise_dtype = torch.float64 if img.dtype == torch.float64 else torch.float32
     device = generator.device if generator is not None else img.device
@@ -184,7 +141,7 @@ def jpeg_compress(img: torch.Tensor, quality: int) -> torch.Tensor:
     4:2:0 chroma subsampling) or C = 1 (grey JPEG). The input is first rounded to 8 bits;
     the result is the decoded image in [0, 1] (multiples of 1/255), same dtype and device.
     """
-    x, squeeze = _as_batch("img", img, channels=(1, 3))
+    x, squeeze = as_batch("img", img, channels=(1, 3))
     quality = _check_quality("quality", quality)
     out = []
     for one in x:
@@ -218,8 +175,14 @@ def bayer_masks(height: int, width: int, *, device=None, dtype=torch.float32) ->
 def bayer_mosaic(img: torch.Tensor) -> torch.Tensor:
     """Bayer RGGB mosaic of an RGB image, as a 3-channel image with zeros where a colour
     is not sampled. ``img``: [3, H, W] or [N, 3, H, W] in [0, 1]; same shape out."""
-    x, _ = _as_batch("img", img, channels=(3,))
+    x, _ = as_batch("img", img, channels=(3,))
     return img * bayer_masks(*x.shape[-2:], device=img.device, dtype=img.dtype)
+
+
+def cfa_to_mosaic(cfa: torch.Tensor) -> torch.Tensor:
+    """A raw one-channel RGGB CFA [1, H, W] as the 3-channel mosaic [3, H, W] that
+    :func:`bayer_mosaic` makes (and the demosaicing models take)."""
+    return bayer_mosaic(cfa.expand(3, -1, -1).contiguous())
 
 
 def bilinear_demosaic(mosaic: torch.Tensor) -> torch.Tensor:
@@ -231,7 +194,7 @@ def bilinear_demosaic(mosaic: torch.Tensor) -> torch.Tensor:
     R/B: the 2 or 4 nearest samples); sampled values are kept. It is computed as a
     normalised convolution, so border pixels average only the neighbours inside the image.
     """
-    x, squeeze = _as_batch("mosaic", mosaic, channels=(1, 3))
+    x, squeeze = as_batch("mosaic", mosaic, channels=(1, 3))
     h, w = x.shape[-2:]
     work = torch.float64 if x.dtype == torch.float64 else torch.float32
     mask = bayer_masks(h, w, device=x.device, dtype=work)
@@ -247,269 +210,157 @@ def bilinear_demosaic(mosaic: torch.Tensor) -> torch.Tensor:
     return out[0] if squeeze else out
 
 
-# --------------------------------------------------------------------------- bicubic
-#
-# A port of MATLAB's imresize (bicubic): per output sample, the taps and weights of
-# ``contributions`` in imresize.m, applied one dimension at a time (rows first, as MATLAB
-# when both scales are equal), summing the taps in MATLAB's order in float64. On 8-bit
-# input MATLAB rounds (half away from zero) and saturates after EACH pass; ``quantize=True``
-# does the same and reproduces the benchmarks' LR files bit for bit (Set5 x2/x3/x4).
-# torch's ``interpolate(mode="bicubic", antialias=True)`` has the same kernel but
-# renormalises at the border and cannot round between passes; padded symmetrically it
-# stays within about 2.3/255 of those files (the tests use it as an oracle for the
-# unquantised path).
-
-
-def _cubic(x: torch.Tensor) -> torch.Tensor:
-    """Keys' cubic kernel with a = -0.5 (MATLAB's ``cubic``)."""
-    ax = x.abs()
-    ax2, ax3 = ax * ax, ax * ax * ax
-    near = (1.5 * ax3 - 2.5 * ax2 + 1) * (ax <= 1)
-    far = (-0.5 * ax3 + 2.5 * ax2 - 4 * ax + 2) * ((ax > 1) & (ax <= 2))
-    return near + far
-
-
-def _contributions(in_len: int, out_len: int, scale: float, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """MATLAB's imresize ``contributions``: weights [out, P] (float64) and 0-based input
-    indices [out, P] (symmetric border) for resizing one axis by ``scale`` = out / in."""
-    antialias = scale < 1
-    kernel_width = 4.0 / scale if antialias else 4.0
-    x = torch.arange(1, out_len + 1, dtype=torch.float64, device=device)
-    u = x / scale + 0.5 * (1 - 1 / scale)  # output sample centres in 1-based input coordinates
-    left = torch.floor(u - kernel_width / 2)
-    taps = math.ceil(kernel_width) + 2
-    ind = left[:, None] + torch.arange(taps, dtype=torch.float64, device=device)
-    dist = u[:, None] - ind
-    weights = scale * _cubic(scale * dist) if antialias else _cubic(dist)
-    weights = weights / weights.sum(dim=1, keepdim=True)
-    # 'symmetric' border: the axis continues as its mirror image, edge sample repeated.
-    j = torch.remainder(ind.long() - 1, 2 * in_len)
-    ind = torch.where(j < in_len, j, 2 * in_len - 1 - j)
-    keep = (weights != 0).any(dim=0)  # MATLAB drops taps that are zero for every sample
-    return weights[:, keep], ind[:, keep]
-
-
-def _resize_axis(x: torch.Tensor, dim: int, out_len: int, scale: float, quantize_out: bool) -> torch.Tensor:
-    weights, ind = _contributions(x.shape[dim], out_len, scale, x.device)
-    taps = weights.shape[1]
-    dim = dim % x.dim()
-    # One gather for all taps (tap-major), then a sequential multiply-add over the taps in
-    # MATLAB's order (not a matmul or a sum()), so that exact ties round as MATLAB's do.
-    gathered = x.index_select(dim, ind.t().reshape(-1))
-    gathered = gathered.view(*x.shape[:dim], taps, out_len, *x.shape[dim + 1 :])
-    view = [1] * x.dim()
-    view[dim] = out_len
-    acc = gathered.select(dim, 0) * weights[:, 0].view(view)
-    for k in range(1, taps):
-        acc.add_(gathered.select(dim, k) * weights[:, k].view(view))
-    if quantize_out:
-        # MATLAB's cast to uint8: saturate, round half away from zero (values are >= 0 here).
-        acc = torch.floor(acc.clamp_(0, 255) + 0.5)
-    return acc
-
-
-def _imresize(x: torch.Tensor, out_hw: tuple[int, int], scale: float, *, clamp: bool, quantize_: bool) -> torch.Tensor:
-    """Resize [N, C, H, W] to ``out_hw`` (rows first); returns the dtype of ``x``."""
-    y = x.to(torch.float64)
-    if quantize_:
-        y = torch.floor(y.clamp(0, 1) * 255 + 0.5)  # work on the 0-255 grid like a uint8 image
-    y = _resize_axis(y, -2, out_hw[0], scale, quantize_)
-    y = _resize_axis(y, -1, out_hw[1], scale, quantize_)
-    if quantize_:
-        y = y / 255
-    elif clamp:
-        y = y.clamp(0, 1)
-    return y.to(x.dtype)
-
-
-def _no_resize(x: torch.Tensor, clamp: bool, quantize_: bool) -> torch.Tensor:
-    return quantize_fn(x) if quantize_ else (x.clamp(0, 1) if clamp else x.clone())
-
-
-def bicubic_downsample(img: torch.Tensor, scale: int, *, clamp: bool = True, quantize: bool = False) -> torch.Tensor:
-    """MATLAB ``imresize(img, 1/scale, 'bicubic')``: antialiased cubic kernel (a = -0.5)
-    with a symmetric border, as the LR inputs of the SR benchmarks were made.
-
-    ``img``: [C, H, W] or [N, C, H, W] in [0, 1]; H and W are first cropped (bottom/right)
-    to multiples of ``scale`` (:func:`modcrop`: crop the HR target the same way). Returns
-    [.., H // scale, W // scale] in the dtype of ``img`` (computed in float64).
-    ``quantize=False``: MATLAB on a double image, clamped to [0, 1] unless ``clamp`` is
-    False. ``quantize=True``: MATLAB on a uint8 image (input rounded to 8 bits, rounding
-    after each pass), which reproduces ``Set5/LR_bicubic`` exactly.
-    """
-    x, squeeze = _as_batch("img", img)
-    scale = _check_scale(scale)
-    x = modcrop(x, scale)
-    h, w = x.shape[-2:]
-    if scale == 1:
-        out = _no_resize(x, clamp, quantize)
-    else:
-        out = _imresize(x, (h // scale, w // scale), 1.0 / scale, clamp=clamp, quantize_=quantize)
-    return out[0] if squeeze else out
-
-
-def bicubic_upsample(img: torch.Tensor, scale: int, *, clamp: bool = True, quantize: bool = False) -> torch.Tensor:
-    """MATLAB ``imresize(img, scale, 'bicubic')`` (cubic a = -0.5, symmetric border), the
-    SR baseline. ``img``: [C, H, W] or [N, C, H, W] in [0, 1]. Returns
-    [.., H * scale, W * scale], clamped to [0, 1] unless ``clamp`` is False;
-    ``quantize=True`` mimics MATLAB on a uint8 image (8-bit rounding after each pass)."""
-    x, squeeze = _as_batch("img", img)
-    scale = _check_scale(scale)
-    h, w = x.shape[-2:]
-    if scale == 1:
-        out = _no_resize(x, clamp, quantize)
-    else:
-        out = _imresize(x, (h * scale, w * scale), float(scale), clamp=clamp, quantize_=quantize)
-    return out[0] if squeeze else out
-
-
-# --------------------------------------------------------------------------- factory
+# --------------------------------------------------------------------------- degradations
 
 
 class Degradation:
-    """A task's degradation: ``degrade(clean, generator=None) -> degraded``.
+    """A task's degradation of clean images: ``degraded, params = degradation.apply(clean, generator)``.
 
-    Made by :func:`make_degradation`. ``clean``: [C, H, W] or [N, C, H, W] in [0, 1]; with
-    a blind range the parameter is drawn from ``generator`` for each image (uniform real
-    sigma in [low, high]; uniform integer quality in [low, high]). The drawn values of the
-    last call are kept in ``last_params`` (one dict per image).
+    ``clean``: [C, H, W] or [N, C, H, W] in [0, 1]. Each image draws its parameters (a
+    blind noise level, a JPEG quality) from ``generator`` and is degraded; ``params`` holds
+    one dict per image (a list of one for a [C, H, W] image), e.g. ``[{"sigma": 17.3}]``.
+    ``degradation(clean, generator)`` returns the degraded image alone. Subclasses set
+    :attr:`task`, :attr:`channels`, :attr:`scale` and implement :meth:`_degrade`.
     """
 
-    def __init__(self, task, *, sigma, sigma_range, quality, quality_range, scale, clip, quantize_lr):
-        self.task = task
-        self.sigma = sigma
-        self.sigma_range = sigma_range
-        self.quality = quality
-        self.quality_range = quality_range
-        self.scale = scale
-        self.clip = clip
-        self.quantize = quantize_lr
-        self.last_params: list[dict] = []
-
-    def __repr__(self) -> str:
-        keys = {
-            "denoise": ("sigma", "sigma_range", "clip"),
-            "jpeg": ("quality", "quality_range"),
-            "demosaic": (),
-            "sr": ("scale", "quantize"),
-        }[self.task]
-        args = "".join(f", {k}={getattr(self, k)!r}" for k in keys if getattr(self, k) is not None)
-        return f"make_degradation({self.task!r}{args})"
+    #: The task (a key of ``tri_panet.tasks.TASKS``) this is the degradation of.
+    task: str = ""
+    #: The channel counts accepted (None: any).
+    channels: tuple[int, ...] | None = None
+    #: Input side / output side (the SR factor; 1 for the other tasks).
+    scale: int = 1
 
     def sample_params(self, generator: torch.Generator | None = None) -> dict:
-        """Draw this call's parameters (consumes ``generator`` only for blind ranges)."""
-        if self.task == "denoise":
-            if self.sigma_range is None:
-                return {"sigma": self.sigma}
-            lo, hi = self.sigma_range
-            u = torch.rand((), generator=generator, dtype=torch.float64).item()
-            return {"sigma": lo + (hi - lo) * u}
-        if self.task == "jpeg":
-            if self.quality_range is None:
-                return {"quality": self.quality}
-            lo, hi = self.quality_range
-            return {"quality": int(torch.randint(lo, hi + 1, (), generator=generator).item())}
-        if self.task == "sr":
-            return {"scale": self.scale}
+        """Draw one image's parameters (consumes ``generator`` only for blind ranges)."""
         return {}
 
-    def _one(self, x: torch.Tensor, generator) -> tuple[torch.Tensor, dict]:
-        p = self.sample_params(generator)
-        if self.task == "denoise":
-            return add_gaussian_noise(x, p["sigma"], generator=generator, clip=self.clip), p
-        if self.task == "jpeg":
-            return jpeg_compress(x, p["quality"]), p
-        if self.task == "demosaic":
-            return bayer_mosaic(x), p
-        return bicubic_downsample(x, self.scale, quantize=self.quantize), p
+    def _degrade(self, img: torch.Tensor, params: dict, generator: torch.Generator | None) -> torch.Tensor:
+        """Degrade one image [C, H, W] with its drawn ``params``."""
+        raise NotImplementedError
 
-    def __call__(self, clean: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        channels = (3,) if self.task == "demosaic" else (1, 3) if self.task == "jpeg" else None
-        x, squeeze = _as_batch("clean", clean, channels=channels)
+    def apply(self, clean: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, list[dict]]:
+        """(degraded image in the layout of ``clean``, one parameter dict per image)."""
+        x, squeeze = as_batch("clean", clean, channels=self.channels)
         outs, params = [], []
         for one in x:
-            y, p = self._one(one, generator)
-            outs.append(y)
+            p = self.sample_params(generator)  # before the noise: both draw from the same generator
+            outs.append(self._degrade(one, p, generator))
             params.append(p)
-        self.last_params = params
         out = torch.stack(outs)
-        return out[0] if squeeze else out
+        return (out[0] if squeeze else out), params
+
+    def __call__(self, clean: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The degraded image (see :meth:`apply`)."""
+        return self.apply(clean, generator)[0]
+
+    def describe(self, seed: int) -> str:
+        """One line for reports; ``seed`` is named where the result depends on it."""
+        raise NotImplementedError
+
+    def _settings(self) -> dict:
+        """The constructor arguments, for ``repr``."""
+        return {}
+
+    def __repr__(self) -> str:
+        args = "".join(f", {k}={v!r}" for k, v in self._settings().items() if v is not None)
+        return f"make_degradation({self.task!r}{args})"
 
 
-def make_degradation(
-    task: str,
-    *,
-    sigma: float | None = None,
-    sigma_range: tuple[float, float] | None = None,
-    quality: int | None = None,
-    quality_range: tuple[int, int] | None = None,
-    scale: int | None = None,
-    clip: bool = False,
-    quantize: bool | None = None,
-) -> Degradation:
-    """Build the degradation of ``task`` ("denoise", "jpeg", "demosaic" or "sr").
+class GaussianNoise(Degradation):
+    """AWGN of a fixed ``sigma`` or, blind, of a ``sigma_range`` (low, high): each image
+    draws a uniform real sigma in [low, high]. Both on the 0-255 scale; give exactly one.
+    ``clip`` clamps the noisy image to [0, 1] (the benchmarks do not)."""
 
-    - denoise: exactly one of ``sigma`` (0-255 scale, >= 0) or ``sigma_range`` (low, high)
-      for blind training; ``clip`` clamps the noisy image to [0, 1] (default: no).
-    - jpeg: exactly one of ``quality`` (int 1..100) or ``quality_range`` (low, high).
-    - demosaic: no parameter (RGGB mosaic, 3 channels with zeros).
-    - sr: ``scale`` in 2, 3, 4 (MATLAB bicubic downsampling). ``quantize`` (default True for
-      sr) rounds the LR image to 8 bits like the benchmarks' LR PNG files.
+    task = "denoise"
 
-    Parameters that do not belong to ``task`` raise ValueError, so a typo cannot pass
-    silently. Returns a :class:`Degradation`, called as ``degrade(clean, generator)``.
-    """
-    if task not in TASKS:
-        raise ValueError(f"task must be one of {', '.join(map(repr, TASKS))}, got {task!r}")
-    given = {
-        "sigma": sigma,
-        "sigma_range": sigma_range,
-        "quality": quality,
-        "quality_range": quality_range,
-        "scale": scale,
-    }
-    allowed = {
-        "denoise": {"sigma", "sigma_range"},
-        "jpeg": {"quality", "quality_range"},
-        "demosaic": set(),
-        "sr": {"scale"},
-    }[task]
-    extra = [k for k, v in given.items() if v is not None and k not in allowed]
-    if extra:
-        takes = ", ".join(sorted(allowed)) or "nothing"
-        raise ValueError(f"{', '.join(extra)} does not apply to task {task!r} (it takes: {takes})")
-    if quantize is not None and task != "sr":
-        raise ValueError(f"quantize applies to task 'sr' only, got task {task!r}")
-    if clip and task != "denoise":
-        raise ValueError(f"clip applies to task 'denoise' only, got task {task!r}")
-    if task == "denoise":
+    def __init__(self, sigma: float | None = None, sigma_range: tuple[float, float] | None = None, clip: bool = False):
         if (sigma is None) == (sigma_range is None):
-            raise ValueError("task 'denoise' needs exactly one of sigma (0-255 scale) or sigma_range (low, high)")
-        if sigma is not None:
-            sigma = _check_sigma("sigma", sigma)
-        else:
-            sigma_range = _check_range("sigma_range", sigma_range, _check_sigma)
-    elif task == "jpeg":
+            raise ValueError(f"task {self.task!r} needs exactly one of sigma (0-255 scale) or sigma_range (low, high)")
+        self.sigma = None if sigma is None else _check_sigma("sigma", sigma)
+        self.sigma_range = None if sigma_range is None else _check_range("sigma_range", sigma_range, _check_sigma)
+        self.clip = bool(clip)
+
+    def sample_params(self, generator=None) -> dict:
+        if self.sigma_range is None:
+            return {"sigma": self.sigma}
+        lo, hi = self.sigma_range
+        u = torch.rand((), generator=generator, dtype=torch.float64).item()
+        return {"sigma": lo + (hi - lo) * u}
+
+    def _degrade(self, img, params, generator):
+        return add_gaussian_noise(img, params["sigma"], generator=generator, clip=self.clip)
+
+    def describe(self, seed: int) -> str:
+        level = f"sigma {self.sigma:g}" if self.sigma is not None else "sigma in [{:g}, {:g}]".format(*self.sigma_range)
+        clip = "clipped to [0, 1]" if self.clip else "not clipped"
+        return f"AWGN {level} (0-255 scale), {clip}, not quantised, seed {seed}"
+
+    def _settings(self) -> dict:
+        return {"sigma": self.sigma, "sigma_range": self.sigma_range, "clip": self.clip}
+
+
+class JPEGCompression(Degradation):
+    """Pillow JPEG at a fixed ``quality`` or, blind, a ``quality_range`` (low, high): each
+    image draws a uniform integer quality in [low, high]. Give exactly one. 1 or 3 channels."""
+
+    task = "jpeg"
+    channels = (1, 3)
+
+    def __init__(self, quality: int | None = None, quality_range: tuple[int, int] | None = None):
         if (quality is None) == (quality_range is None):
-            raise ValueError("task 'jpeg' needs exactly one of quality (1..100) or quality_range (low, high)")
-        if quality is not None:
-            quality = _check_quality("quality", quality)
-        else:
-            quality_range = _check_range("quality_range", quality_range, _check_quality)
-    elif task == "sr":
-        if scale is None:
-            raise ValueError(f"task 'sr' needs scale, one of {SR_SCALES}")
-        if isinstance(scale, bool) or not isinstance(scale, Integral) or scale not in SR_SCALES:
-            raise ValueError(f"scale must be one of {SR_SCALES} for task 'sr', got {scale!r}")
-        scale = int(scale)
-        quantize = True if quantize is None else bool(quantize)
-    return Degradation(
-        task,
-        sigma=sigma,
-        sigma_range=sigma_range,
-        quality=quality,
-        quality_range=quality_range,
-        scale=scale,
-        clip=bool(clip) if task == "denoise" else None,
-        quantize_lr=quantize,
-    )
+            raise ValueError(f"task {self.task!r} needs exactly one of quality (1..100) or quality_range (low, high)")
+        self.quality = None if quality is None else _check_quality("quality", quality)
+        self.quality_range = (
+            None if quality_range is None else _check_range("quality_range", quality_range, _check_quality)
+        )
+
+    def sample_params(self, generator=None) -> dict:
+        if self.quality_range is None:
+            return {"quality": self.quality}
+        lo, hi = self.quality_range
+        return {"quality": int(torch.randint(lo, hi + 1, (), generator=generator).item())}
+
+    def _degrade(self, img, params, generator):
+        return jpeg_compress(img, params["quality"])
+
+    def describe(self, seed: int) -> str:
+        if self.quality is not None:
+            return f"JPEG quality {self.quality} (Pillow)"
+        return "JPEG quality in [{}, {}] (Pillow), seed {}".format(*self.quality_range, seed)
+
+    def _settings(self) -> dict:
+        return {"quality": self.quality, "quality_range": self.quality_range}
+
+
+class BayerMosaic(Degradation):
+    """The RGGB mosaic of an RGB image (:func:`bayer_mosaic`); no parameter."""
+
+    task = "demosaic"
+    channels = (3,)
+
+    def _degrade(self, img, params, generator):
+        return bayer_mosaic(img)
+
+    def describe(self, seed: int) -> str:
+        return "Bayer RGGB mosaic (zeros where unsampled)"
+
+
+class BicubicDownsampling(Degradation):
+    """MATLAB bicubic downsampling by ``scale`` (:func:`~tri_panet.data.matlab_resize.bicubic_downsample`).
+    ``quantize`` (default) rounds the LR image to 8 bits like the benchmarks' LR PNG files."""
+
+    task = "sr"
+
+    def __init__(self, scale: int, quantize: bool = True):
+        self.scale = check_scale(scale)
+        self.quantize = bool(quantize)
+
+    def _degrade(self, img, params, generator):
+        return bicubic_downsample(img, self.scale, quantize=self.quantize)
+
+    def describe(self, seed: int) -> str:
+        rounded = "LR rounded to 8 bits" if self.quantize else "LR not rounded"
+        return f"MATLAB bicubic x{self.scale} downsampling, {rounded}"
+
+    def _settings(self) -> dict:
+        return {"scale": self.scale, "quantize": self.quantize}

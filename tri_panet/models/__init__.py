@@ -3,21 +3,32 @@
 - Published networks with official state-dict names: :class:`PANet` (denoise / demosaic /
   JPEG) and :class:`PAEDSR` (super-resolution).
 - Tiny variants for modest hardware: :class:`TinyPANet`, :class:`TinySR`.
-- Registry: :func:`create`, :func:`available_models`, :func:`model_info`.
+- Registry: :func:`create`, :func:`available_models`, :func:`model_info`; the descriptor of
+  a model instance: :func:`describe` -> :class:`ModelInfo` (name, task, scale, channels).
 - Weights: :func:`save_weights`, :func:`load_weights`, :func:`load_pretrained` (safetensors;
-  official ``.pth`` through ``torch.load(weights_only=True)``).
+  official ``.pth`` through ``torch.load(weights_only=True)``), and :func:`build_model`,
+  which picks among them (fresh, from a file, bundled).
 - :func:`model_complexity`: parameters and analytic FLOPs.
 """
 
-from .common import MeanShift, ResBlock, Upsampler, default_conv, set_backend
+from .common import (
+    MeanShift,
+    ResBlock,
+    RestorationModel,
+    Upsampler,
+    default_conv,
+    set_backend,
+)
+from .complexity import attention_flops, count_parameters, model_complexity
+from .loading import build_model
 from .paedsr import PAEDSR
 from .panet import PANet
 from .registry import (
-    attention_flops,
+    ModelInfo,
     available_models,
-    count_parameters,
     create,
-    model_complexity,
+    describe,
+    get_spec,
     model_info,
 )
 from .tiny import TinyPANet, TinySR
@@ -31,25 +42,30 @@ from .weights import (
 )
 
 __all__ = [
-    "PANet",
     "PAEDSR",
+    "MeanShift",
+    "ModelInfo",
+    "PANet",
+    "ResBlock",
+    "RestorationModel",
     "TinyPANet",
     "TinySR",
-    "MeanShift",
-    "ResBlock",
     "Upsampler",
-    "default_conv",
-    "set_backend",
-    "create",
-    "available_models",
-    "model_info",
-    "model_complexity",
-    "count_parameters",
     "attention_flops",
-    "save_weights",
-    "load_weights",
-    "load_state_file",
-    "read_metadata",
-    "load_pretrained",
+    "available_models",
+    "build_model",
     "bundled_weights",
+    "count_parameters",
+    "create",
+    "default_conv",
+    "describe",
+    "get_spec",
+    "load_pretrained",
+    "load_state_file",
+    "load_weights",
+    "model_complexity",
+    "model_info",
+    "read_metadata",
+    "save_weights",
+    "set_backend",
 ]

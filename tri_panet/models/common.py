@@ -1,5 +1,6 @@
 """EDSR-style building blocks with the official names: ``default_conv``, ``MeanShift``,
-``ResBlock``, ``Upsampler`` (SPEC section 3).
+``ResBlock``, ``Upsampler`` (the project specification, section 3), and :class:`RestorationModel`, the base of
+the registry's networks.
 
 Module and parameter names (``body.0``, ``body.1``, ...) follow the official EDSR/PANet
 code so that official state dicts load with ``strict=True``. Unlike the official code, no
@@ -27,7 +28,6 @@ def check_int(name: str, value: object, minimum: int = 1) -> int:
     return value
 
 
-
 def check_resblock_count(n_resblocks: object) -> int:
     """``n_resblocks`` as a non-negative even int: half the ResBlocks go before the attention, half after."""
     check_int("n_resblocks", n_resblocks, minimum=0)
@@ -35,13 +35,27 @@ def check_resblock_count(n_resblocks: object) -> int:
         raise ValueError(f"n_resblocks must be even (half before, half after the attention), got {n_resblocks}")
     return n_resblocks
 
-def default_conv(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, bias: bool = True) -> nn.Conv2d:
+
+def default_conv(
+    in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, bias: bool = True
+) -> nn.Conv2d:
     """The official ``default_conv``: a k x k convolution with "same" zero padding k // 2."""
     return nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, stride=stride, bias=bias)
 
 
-#: Short alias, as EDSR-style code calls the factory ``conv``.
-conv = default_conv
+class RestorationModel(nn.Module):
+    """Base of the registry's networks: an image [B, n_colors, H, W] in [0, 1] goes in,
+    [B, n_colors, H * scale, W * scale] comes out. ``tri_panet.models.describe`` reads
+    these attributes; the subclasses set ``scale``, ``n_colors`` and ``config`` (their
+    JSON-able constructor arguments, which ``save_weights`` stores)."""
+
+    #: The registry name, set by ``create`` (None for a model built from its class).
+    model_name: str | None = None
+    #: H and W of an input must be multiples of this (``restore`` pads up to it).
+    multiple: int = 1
+    scale: int
+    n_colors: int
+    config: dict
 
 
 class MeanShift(nn.Conv2d):
@@ -137,8 +151,8 @@ def model_config(**kwargs) -> dict:
 
 def set_backend(model: nn.Module, backend: str) -> nn.Module:
     """Make every ``PyramidAttention`` inside ``model`` use ``backend``; returns ``model``."""
-    from ..functional import resolve_backend
     from ..nn import PyramidAttention
+    from ..ops import resolve_backend
 
     resolve_backend(backend, torch.empty(0))  # reject unknown names before touching anything
     for m in model.modules():

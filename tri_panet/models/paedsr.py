@@ -1,4 +1,4 @@
-"""PA-EDSR: EDSR with one pyramid attention block, for super-resolution (SPEC section 3).
+"""PA-EDSR: EDSR with one pyramid attention block, for super-resolution (the project specification, section 3).
 
 State-dict names equal the official ``SR/code/model/paedsr.py``:
 
@@ -22,6 +22,7 @@ from ..nn import DEFAULT_SCALES, PyramidAttention
 from .common import (
     MeanShift,
     ResBlock,
+    RestorationModel,
     Upsampler,
     check_image_batch,
     check_int,
@@ -31,7 +32,7 @@ from .common import (
 )
 
 
-class PAEDSR(nn.Module):
+class PAEDSR(RestorationModel):
     """PA-EDSR super-resolution: x [B, 3, H, W] in [0, rgb_range] -> [B, 3, H*scale, W*scale].
 
     Args:
@@ -66,7 +67,6 @@ class PAEDSR(nn.Module):
             raise ValueError(f"n_colors must be 3 for PAEDSR (its MeanShift is RGB), got {n_colors!r}")
         self.n_colors = 3
         self.scale = scale
-        self.multiple = 1
         self.config = model_config(
             scale=scale,
             n_feats=n_feats,
@@ -78,7 +78,6 @@ class PAEDSR(nn.Module):
             recompute_scale_factor=bool(recompute_scale_factor),
             rgb_range=float(rgb_range),
         )
-        conv = default_conv
         # Same registration order as the official module: sub_mean, msa, add_mean, head, body, tail.
         self.sub_mean = MeanShift(rgb_range)
         self.msa = PyramidAttention(
@@ -90,14 +89,16 @@ class PAEDSR(nn.Module):
             backend=backend,
         )
         half = n_resblocks // 2
-        body: list[nn.Module] = [ResBlock(conv, n_feats, 3, act=nn.ReLU(True), res_scale=res_scale) for _ in range(half)]
+        body: list[nn.Module] = [
+            ResBlock(default_conv, n_feats, 3, act=nn.ReLU(True), res_scale=res_scale) for _ in range(half)
+        ]
         body.append(self.msa)
-        body += [ResBlock(conv, n_feats, 3, act=nn.ReLU(True), res_scale=res_scale) for _ in range(half)]
-        body.append(conv(n_feats, n_feats, 3))
+        body += [ResBlock(default_conv, n_feats, 3, act=nn.ReLU(True), res_scale=res_scale) for _ in range(half)]
+        body.append(default_conv(n_feats, n_feats, 3))
         self.add_mean = MeanShift(rgb_range, sign=1)
-        self.head = nn.Sequential(conv(3, n_feats, 3))
+        self.head = nn.Sequential(default_conv(3, n_feats, 3))
         self.body = nn.Sequential(*body)
-        self.tail = nn.Sequential(Upsampler(conv, scale, n_feats), conv(n_feats, 3, 3))
+        self.tail = nn.Sequential(Upsampler(default_conv, scale, n_feats), default_conv(n_feats, 3, 3))
 
     @property
     def attention(self) -> PyramidAttention:

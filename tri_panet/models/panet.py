@@ -1,4 +1,4 @@
-"""PANet for denoising, demosaicing and JPEG artefact removal (SPEC section 3).
+"""PANet for denoising, demosaicing and JPEG artefact removal (the project specification, section 3).
 
 State-dict names equal the official ``DN_RGB/CAR/Demosaic`` ``PANET``, so the published
 checkpoints load with ``strict=True``:
@@ -26,6 +26,7 @@ from ..nn import DEFAULT_SCALES, PyramidAttention
 from .common import (
     MeanShift,
     ResBlock,
+    RestorationModel,
     check_image_batch,
     check_int,
     check_resblock_count,
@@ -34,7 +35,7 @@ from .common import (
 )
 
 
-class PANet(nn.Module):
+class PANet(RestorationModel):
     """The published PANet restoration network: x [B, n_colors, H, W] -> [B, n_colors, H, W].
 
     ``y = tail(body(head(x)) + head(x))``; there is no image-level residual (as official).
@@ -70,7 +71,6 @@ class PANet(nn.Module):
         check_resblock_count(n_resblocks)
         self.n_colors = n_colors
         self.scale = 1
-        self.multiple = 1
         self.config = model_config(
             n_colors=n_colors,
             n_feats=n_feats,
@@ -81,7 +81,6 @@ class PANet(nn.Module):
             recompute_scale_factor=bool(recompute_scale_factor),
             rgb_range=float(rgb_range),
         )
-        conv = default_conv
         # Registration order follows the official module (sub_mean, head, body, tail, add_mean
         # differ only in order, which strict loading ignores).
         self.sub_mean = MeanShift(rgb_range)
@@ -95,14 +94,16 @@ class PANet(nn.Module):
         )
         shared_act = nn.PReLU()  # ONE PReLU for all ResBlocks: the official checkpoints' layout
         half = n_resblocks // 2
-        body: list[nn.Module] = [ResBlock(conv, n_feats, 3, act=shared_act, res_scale=res_scale) for _ in range(half)]
+        body: list[nn.Module] = [
+            ResBlock(default_conv, n_feats, 3, act=shared_act, res_scale=res_scale) for _ in range(half)
+        ]
         body.append(attention)
-        body += [ResBlock(conv, n_feats, 3, act=shared_act, res_scale=res_scale) for _ in range(half)]
-        body.append(conv(n_feats, n_feats, 3))
+        body += [ResBlock(default_conv, n_feats, 3, act=shared_act, res_scale=res_scale) for _ in range(half)]
+        body.append(default_conv(n_feats, n_feats, 3))
         self.add_mean = MeanShift(rgb_range, sign=1)
-        self.head = nn.Sequential(conv(n_colors, n_feats, 3))
+        self.head = nn.Sequential(default_conv(n_colors, n_feats, 3))
         self.body = nn.Sequential(*body)
-        self.tail = nn.Sequential(conv(n_feats, n_colors, 3))
+        self.tail = nn.Sequential(default_conv(n_feats, n_colors, 3))
         self._attention_index = half
 
     @property

@@ -10,6 +10,13 @@ residual so that the network only learns the correction:
 
 The last conv is zero-initialised, so an untrained model is the identity (or bicubic
 upsampling): training starts from the classical baseline rather than from noise.
+
+``down=2`` gives the fast variants (registry ``fast-*``): the image is pixel-unshuffled by 2
+(as FFDNet does) so that the head, body and attention run on a half-resolution feature map
+with ``4 * n_colors`` input channels, and the tail pixel-shuffles back. Per output pixel
+the attention then costs about 16x less (a quarter of the queries, each against a quarter
+of the keys) and the convolutions 4x less at the same width, which buys wider features;
+the input sides must be multiples of 2 (``restore`` pads them).
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from torch import nn
 from ..nn import DEFAULT_SCALES, PyramidAttention
 from .common import (
     ResBlock,
+    RestorationModel,
     Upsampler,
     check_image_batch,
     check_int,
@@ -32,7 +40,9 @@ from .common import (
 )
 
 
-def _body(n_feats: int, n_resblocks: int, reduction: int, scales, recompute_scale_factor: bool, backend: str) -> nn.Sequential:
+def _body(
+    n_feats: int, n_resblocks: int, reduction: int, scales, recompute_scale_factor: bool, backend: str
+) -> nn.Sequential:
     """ResBlocks (ReLU) / PyramidAttention / ResBlocks / conv3x3, PANet's body layout."""
     check_int("n_feats", n_feats)
     check_resblock_count(n_resblocks)
@@ -58,17 +68,28 @@ def _zero_(conv: nn.Conv2d) -> None:
         nn.init.zeros_(conv.bias)
 
 
-class _TinyNet(nn.Module):
+class _TinyNet(RestorationModel):
     """What the tiny models share: head conv, :func:`_body`, a tail whose last conv starts at
     zero, and ``y = skip(x) + tail(body(head(x)) + head(x))``; subclasses choose the skip."""
 
-    def __init__(self, scale: int, n_colors: int, n_feats: int, n_resblocks: int, reduction: int,
-                 scales: Sequence[float], recompute_scale_factor: bool, backend: str) -> None:
+    def __init__(
+        self,
+        scale: int,
+        n_colors: int,
+        n_feats: int,
+        n_resblocks: int,
+        reduction: int,
+        scales: Sequence[float],
+        recompute_scale_factor: bool,
+        backend: str,
+        down: int = 1,
+    ) -> None:
         super().__init__()
         check_int("n_colors", n_colors)
+        check_int("down", down)
         self.n_colors = n_colors
         self.scale = scale
-        self.multiple = 1
+        self.multiple = down
         self.config = model_config(
             **({"scale": scale} if scale > 1 else {}),  # the constructor arguments of the subclass
             n_colors=n_colors,
@@ -77,12 +98,19 @@ class _TinyNet(nn.Module):
             reduction=reduction,
             scales=tuple(float(s) for s in scales),
             recompute_scale_factor=bool(recompute_scale_factor),
+            # Only when used, so the metadata of the full-resolution models stays as it was.
+            **({"down": down} if down > 1 else {}),
         )
-        self.head = nn.Sequential(default_conv(n_colors, n_feats, 3))
         self.body = _body(n_feats, n_resblocks, reduction, scales, recompute_scale_factor, backend)
-        upsampler = [Upsampler(default_conv, scale, n_feats)] if scale > 1 else []
-        self.tail = nn.Sequential(*upsampler, default_conv(n_feats, n_colors, 3))
-        _zero_(self.tail[-1])
+        if down == 1:  # the layout (and state-dict names) of the bundled full-resolution weights
+            self.head = nn.Sequential(default_conv(n_colors, n_feats, 3))
+            upsampler = [Upsampler(default_conv, scale, n_feats)] if scale > 1 else []
+            self.tail = nn.Sequential(*upsampler, default_conv(n_feats, n_colors, 3))
+        else:  # half (1/down) resolution inside; one pixel shuffle undoes the unshuffle and upscales
+            factor = down * scale
+            self.head = nn.Sequential(nn.PixelUnshuffle(down), default_conv(n_colors * down * down, n_feats, 3))
+            self.tail = nn.Sequential(default_conv(n_feats, n_colors * factor * factor, 3), nn.PixelShuffle(factor))
+        _zero_(next(m for m in reversed(self.tail) if isinstance(m, nn.Conv2d)))
         self._attention_index = n_resblocks // 2
 
     @property
@@ -95,8 +123,13 @@ class _TinyNet(nn.Module):
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x [B, n_colors, H, W] -> [B, n_colors, H * scale, W * scale]."""
+        """x [B, n_colors, H, W] -> [B, n_colors, H * scale, W * scale]; H, W multiples of ``multiple``."""
         check_image_batch(x, self.n_colors)
+        if x.shape[2] % self.multiple or x.shape[3] % self.multiple:
+            raise ValueError(
+                f"x must have a height and width that are multiples of {self.multiple} (this model "
+                f"unshuffles by {self.multiple}), got {tuple(x.shape[2:])}; pad it or use tri_panet.inference.restore"
+            )
         h = self.head(x)
         return self.skip(x) + self.tail(self.body(h) + h)
 
@@ -111,6 +144,7 @@ class TinyPANet(_TinyNet):
         reduction: attention channel reduction (default 2).
         scales, recompute_scale_factor: attention pyramid (default: the official 5 levels).
         backend: attention backend.
+        down: 1 (full resolution inside) or the pixel-unshuffle factor of the fast variants.
     """
 
     def __init__(
@@ -122,8 +156,9 @@ class TinyPANet(_TinyNet):
         scales: Sequence[float] = DEFAULT_SCALES,
         recompute_scale_factor: bool = True,
         backend: str = "auto",
+        down: int = 1,
     ) -> None:
-        super().__init__(1, n_colors, n_feats, n_resblocks, reduction, scales, recompute_scale_factor, backend)
+        super().__init__(1, n_colors, n_feats, n_resblocks, reduction, scales, recompute_scale_factor, backend, down)
 
     def skip(self, x: torch.Tensor) -> torch.Tensor:
         """Identity: the network learns the correction."""
@@ -134,8 +169,9 @@ class TinySR(_TinyNet):
     """Tiny super-resolution model: x [B, n_colors, H, W] -> [B, n_colors, H*scale, W*scale].
 
     ``y = bicubic(x, scale) + tail(body(head(x)) + head(x))`` with ``tail`` = Upsampler
-    (conv + PixelShuffle) then conv3x3 n_feats -> n_colors. Arguments as :class:`TinyPANet`,
-    plus ``scale`` (2, 3, 4, ...).
+    (conv + PixelShuffle) then conv3x3 n_feats -> n_colors (with ``down`` > 1: one conv and
+    one PixelShuffle by ``down * scale``). Arguments as :class:`TinyPANet`, plus ``scale``
+    (2, 3, 4, ...).
     """
 
     def __init__(
@@ -148,9 +184,12 @@ class TinySR(_TinyNet):
         scales: Sequence[float] = DEFAULT_SCALES,
         recompute_scale_factor: bool = True,
         backend: str = "auto",
+        down: int = 1,
     ) -> None:
         check_int("scale", scale, minimum=2)  # scale 1 is TinyPANet
-        super().__init__(scale, n_colors, n_feats, n_resblocks, reduction, scales, recompute_scale_factor, backend)
+        super().__init__(
+            scale, n_colors, n_feats, n_resblocks, reduction, scales, recompute_scale_factor, backend, down
+        )
 
     def skip(self, x: torch.Tensor) -> torch.Tensor:
         """Bicubic upsampling by ``scale``."""

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .._files import atomic_write
-from .registry import MODEL_CLASSES, create
+from .registry import MODEL_CLASSES, available_models, create, describe, get_spec
 
 #: Folder of the bundled weights: tri_panet/weights/<name>.safetensors (package data).
 WEIGHTS_PACKAGE_DIR = "weights"
@@ -52,7 +52,9 @@ def _state_dict_for_file(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
 
 
-def save_weights(model: nn.Module, path, *, metadata: Mapping[str, object] | None = None, overwrite: bool = False) -> Path:
+def save_weights(
+    model: nn.Module, path, *, metadata: Mapping[str, object] | None = None, overwrite: bool = False
+) -> Path:
     """Write ``model``'s state dict to ``path`` (must end in .safetensors) atomically.
 
     The file is written to a temporary name in the same folder and then moved into place,
@@ -77,7 +79,7 @@ def save_weights(model: nn.Module, path, *, metadata: Mapping[str, object] | Non
             raise TypeError(f"metadata keys must be str, got {type(k).__name__}")
         meta[k] = v if isinstance(v, str) else json.dumps(v)
     config = getattr(model, "config", None)
-    meta[_META_MODEL] = getattr(model, "model_name", None) or ""
+    meta[_META_MODEL] = describe(model).name or ""
     meta[_META_CLASS] = type(model).__name__
     if config is not None:
         meta[_META_CONFIG] = json.dumps(config)
@@ -88,15 +90,39 @@ def save_weights(model: nn.Module, path, *, metadata: Mapping[str, object] | Non
     return path
 
 
+def _weights_file(path) -> Path:
+    """``path`` as a Path to an existing file: FileNotFoundError when there is none,
+    IsADirectoryError for a folder (a run folder holds its weights in model.safetensors)."""
+    path = _as_path("path", path)
+    if path.is_dir():
+        example = str(path / "model.safetensors")
+        raise IsADirectoryError(f"weights {str(path)!r} is a folder, not a file (e.g. {example!r})")
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {str(path)!r} does not exist")
+    return path
+
+
+def _read_safetensors(path: Path, read):
+    """``read(str(path))`` with safetensors' errors (a random, truncated or empty file) as
+    ValueError naming the file."""
+    from safetensors import SafetensorError
+
+    try:
+        return read(str(path))
+    except SafetensorError as e:
+        raise ValueError(f"{path} is not a readable .safetensors file (truncated, or not safetensors): {e}") from None
+
+
 def read_metadata(path) -> dict[str, str]:
-    """The metadata dict of a .safetensors file (empty if it has none)."""
+    """The metadata dict of a .safetensors file (empty if it has none); ValueError naming
+    the file when it is not a readable safetensors file."""
     from safetensors import safe_open
 
-    path = _as_path("path", path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no weights file at {path}")
-    with safe_open(str(path), framework="pt") as f:
-        return dict(f.metadata() or {})
+    def metadata(name: str) -> dict[str, str]:
+        with safe_open(name, framework="pt") as f:
+            return dict(f.metadata() or {})
+
+    return _read_safetensors(_weights_file(path), metadata)
 
 
 def _strip_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -115,21 +141,25 @@ def load_state_file(path) -> dict[str, torch.Tensor]:
     state dict (``{"state_dict": ...}`` or ``{"model": ...}``) is unwrapped; a ``module.``
     prefix (DataParallel) is removed.
     """
-    path = _as_path("path", path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no weights file at {path}")
+    path = _weights_file(path)
     if path.suffix in _SAFETENSORS_SUFFIXES:
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        return _read_safetensors(path, load_file)
     if path.suffix not in _TORCH_SUFFIXES:
         raise ValueError(f"weights file must end in .safetensors, .pth or .pt, got {str(path)!r}")
+    if not _is_torch_checkpoint(path):
+        raise ValueError(
+            f"{path} is not a PyTorch checkpoint (neither torch.save's zip archive nor its legacy format; truncated?)"
+        )
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise ValueError(
             f"{path} holds objects other than tensors; refusing to unpickle it (weights_only=True): {e}"
         ) from e
+    except (RuntimeError, EOFError) as e:  # a damaged archive
+        raise ValueError(f"{path} is not a readable PyTorch checkpoint (truncated?): {e}") from None
     for key in ("state_dict", "model", "params"):
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
             obj = obj[key]
@@ -139,13 +169,26 @@ def load_state_file(path) -> dict[str, torch.Tensor]:
     return _strip_prefix(dict(obj))
 
 
+def _is_torch_checkpoint(path: Path) -> bool:
+    """Whether ``path`` looks like a ``torch.save`` file: a zip archive, or the legacy format
+    (a pickle stream, protocol 2)."""
+    import zipfile
+
+    if zipfile.is_zipfile(path):
+        return True
+    with open(path, "rb") as f:
+        return f.read(2) == b"\x80\x02"
+
+
 def _names(keys, limit: int = 12) -> str:
     keys = sorted(keys)
     shown = ", ".join(keys[:limit])
     return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
 
 
-def load_state_into(model: nn.Module, state: Mapping[str, torch.Tensor], *, strict: bool = True, source: str = "state dict") -> nn.Module:
+def load_state_into(
+    model: nn.Module, state: Mapping[str, torch.Tensor], *, strict: bool = True, source: str = "state dict"
+) -> nn.Module:
     """Copy ``state`` into ``model``; ValueError naming missing/unexpected keys or bad shapes.
 
     With ``strict=False`` missing and unexpected keys are ignored (shapes are still checked).
@@ -171,19 +214,45 @@ def load_state_into(model: nn.Module, state: Mapping[str, torch.Tensor], *, stri
     return model
 
 
+def _metadata_config(meta: Mapping[str, str], path) -> dict | None:
+    """The constructor arguments in the ``tri_panet.config`` metadata field (None without
+    one); ValueError naming the file and the field when they are not a JSON object."""
+    text = meta.get(_META_CONFIG)
+    if not text:
+        return None
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: metadata field {_META_CONFIG} is not JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: metadata field {_META_CONFIG} must be a JSON object, got {text[:60]!r}")
+    return config
+
+
+def _build_from_metadata(path, field: str, build, **kwargs) -> nn.Module:
+    """``build(**kwargs)``, the model a file's metadata describes; its refusals (an unknown
+    name, arguments the class does not take or of the wrong type) as ValueError naming the
+    file and the metadata ``field``."""
+    try:
+        return build(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: metadata field {field} does not describe a model: {e}") from None
+
+
 def _model_from_metadata(meta: Mapping[str, str], path: Path, backend: str | None) -> nn.Module:
     extra = {} if backend is None else {"backend": backend}
-    config = json.loads(meta[_META_CONFIG]) if meta.get(_META_CONFIG) else None
+    config = _metadata_config(meta, path)
     name = meta.get(_META_MODEL) or ""
     if name:
-        return create(name, **(config or {}), **extra)
+        field = _META_MODEL if name not in available_models() else _META_CONFIG
+        return _build_from_metadata(path, field, create, name=name, **(config or {}), **extra)
     cls = MODEL_CLASSES.get(meta.get(_META_CLASS, ""))
     if cls is None or config is None:
         raise ValueError(
             f"{path} does not say which model it holds (no tri_panet.model / tri_panet.class + config "
             "metadata); pass a model or a registry name: load_weights(model_or_name, path)"
         )
-    return cls(**config, **extra)
+    return _build_from_metadata(path, _META_CONFIG, cls, **config, **extra)
 
 
 def load_weights(model_or_name, path=None, *, strict: bool = True, backend: str | None = None) -> nn.Module:
@@ -232,8 +301,6 @@ def load_pretrained(name: str, *, backend: str = "auto") -> nn.Module:
 
     FileNotFoundError (listing the bundled weights) when the package ships none for ``name``.
     """
-    from .registry import get_spec
-
     get_spec(name)  # unknown names: ValueError listing the registry
     with resources.as_file(_bundled_dir().joinpath(f"{name}.safetensors")) as path:
         if not Path(path).is_file():
@@ -242,9 +309,8 @@ def load_pretrained(name: str, *, backend: str = "auto") -> nn.Module:
                 f"no bundled weights for {name!r} (expected tri_panet/weights/{name}.safetensors); "
                 f"bundled weights: {have}"
             )
-        meta = read_metadata(path)
         # the bundled file may have been trained with a non-default configuration
-        config = json.loads(meta[_META_CONFIG]) if meta.get(_META_CONFIG) else {}
-        model = create(name, **config, backend=backend)
+        config = _metadata_config(read_metadata(path), path) or {}
+        model = _build_from_metadata(path, _META_CONFIG, create, name=name, **config, backend=backend)
         load_state_into(model, load_state_file(path), source=str(path))
     return model.eval()

@@ -1,5 +1,6 @@
-"""Training: the engine (:class:`Trainer`), its configuration (:class:`TrainConfig`),
-atomic checkpoints with exact resumption, and DDP helpers for ``torchrun``.
+"""Training: the engine (:class:`Trainer`), its configuration (:class:`TrainConfig`), the
+training dataset, the sample order, atomic checkpoints with exact resumption, and DDP
+helpers for ``torchrun``.
 
 Quick use::
 
@@ -9,37 +10,25 @@ Quick use::
     result = Trainer(cfg).fit()   # runs/td/model.safetensors, runs/td/checkpoints/...
 
 The command line (``tri-panet train`` / ``finetune``) wraps exactly this; see docs/TRAINING.md.
+Evaluation, model loading and device choice live outside this package
+(:mod:`tri_panet.evaluation`, :func:`tri_panet.models.build_model`,
+:mod:`tri_panet.device`), so inference never imports it.
 """
 
 from .checkpoint import find_latest, list_checkpoints, load_checkpoint, save_checkpoint
-from .config import TrainConfig, default_model_for, load_toml
+from .config import TrainConfig, load_toml
+from .dataset import RestorationDataset
 from .distributed import DistInfo, dist_info, init_distributed, launch_cpu
-from .engine import (
-    EvalPair,
-    StepBatchSampler,
-    Trainer,
-    baseline,
-    build_model,
-    evaluate,
-    lr_factor,
-    metric_convention,
-    prepare_eval_pairs,
-    resolve_device,
-)
+from .engine import Trainer
+from .sampler import StepBatchSampler
+from .schedule import lr_factor
 
 __all__ = [
     "TrainConfig",
     "Trainer",
-    "default_model_for",
+    "RestorationDataset",
     "load_toml",
-    "build_model",
-    "evaluate",
-    "prepare_eval_pairs",
-    "EvalPair",
-    "baseline",
-    "metric_convention",
     "lr_factor",
-    "resolve_device",
     "StepBatchSampler",
     "save_checkpoint",
     "load_checkpoint",

@@ -16,7 +16,9 @@ runs no pickled code.
 Atomicity: a checkpoint is written into a hidden temporary folder, flushed, then renamed
 to ``step_XXXXXXXX`` (a rename is atomic), and only then is ``latest`` replaced (temporary
 file + ``os.replace``). A run killed at any moment leaves its previous checkpoint and
-``latest`` intact; :func:`find_latest` also ignores incomplete folders.
+``latest`` intact; :func:`find_latest` also ignores incomplete folders. A checkpoint
+damaged after the fact (a truncated file) is skipped by :func:`load_latest`, which falls
+back to the newest intact one. Folders and files get the permissions of the umask.
 """
 
 from __future__ import annotations
@@ -26,19 +28,20 @@ import os
 import random
 import re
 import shutil
-import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from .._files import write_text_atomic
-from ..models.weights import load_state_file, load_state_into, save_weights
+from .._files import make_temp_folder, new_file_mode, write_text_atomic
+from ..models.weights import load_state_file, load_state_into, read_metadata, save_weights
 
 __all__ = [
     "save_checkpoint",
     "load_checkpoint",
+    "load_latest",
     "find_latest",
     "list_checkpoints",
     "capture_rng",
@@ -67,7 +70,9 @@ def pack_state(obj, tensors: dict[str, torch.Tensor], prefix: str = "s"):
         tensors[prefix] = obj.detach().to("cpu").contiguous().clone()
         return {"__tensor__": prefix}
     if isinstance(obj, np.ndarray):
-        tensors[prefix] = torch.from_numpy(np.ascontiguousarray(obj).astype(np.int64 if obj.dtype.kind in "iu" else obj.dtype))
+        tensors[prefix] = torch.from_numpy(
+            np.ascontiguousarray(obj).astype(np.int64 if obj.dtype.kind in "iu" else obj.dtype)
+        )
         return {"__ndarray__": prefix, "dtype": str(obj.dtype)}
     if isinstance(obj, dict):
         items = [[k, pack_state(v, tensors, f"{prefix}.{i}")] for i, (k, v) in enumerate(obj.items())]
@@ -212,7 +217,7 @@ def save_checkpoint(
     # leftovers of a run killed while writing
     for p in root.glob(".tmp-step_*"):
         shutil.rmtree(p, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{step_dir_name(step)}-", dir=root))
+    tmp = make_temp_folder(root, f".tmp-{step_dir_name(step)}-")
     try:
         meta = {"step": int(step), **(metadata or {})}
         save_weights(model, tmp / MODEL_FILE, metadata=meta)
@@ -227,12 +232,13 @@ def save_checkpoint(
         tensors: dict[str, torch.Tensor] = {}
         tree = pack_state(state, tensors)
         save_file(tensors, str(tmp / STATE_FILE), metadata={_META_KEY: json.dumps(tree)})
+        os.chmod(tmp / STATE_FILE, new_file_mode())  # safetensors creates it 0600
         for f in (tmp / MODEL_FILE, tmp / STATE_FILE, tmp):
             _fsync_path(f)
         final = root / step_dir_name(step)
         trash = None
         if final.exists():  # the same step written again (a resumed, already finished run)
-            trash = Path(tempfile.mkdtemp(prefix=".tmp-step_old-", dir=root))
+            trash = make_temp_folder(root, ".tmp-step_old-")
             os.replace(final, trash / final.name)
         os.replace(tmp, final)
         _fsync_path(root)
@@ -248,6 +254,22 @@ def save_checkpoint(
     return final
 
 
+def _read_checkpoint(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(state, model tensors) of checkpoint folder ``path``, read in full before anything is
+    loaded; ValueError naming the file when one is missing, truncated or not ours."""
+    if not _complete(path):
+        raise ValueError(f"{path} is not a complete checkpoint (needs {MODEL_FILE} and {STATE_FILE})")
+    state_file = path / STATE_FILE
+    meta = read_metadata(state_file)
+    if _META_KEY not in meta:
+        raise ValueError(f"{state_file} is not a tri_panet training checkpoint (no {_META_KEY} metadata)")
+    try:
+        state = unpack_state(json.loads(meta[_META_KEY]), load_state_file(state_file))
+    except (KeyError, json.JSONDecodeError) as e:
+        raise ValueError(f"{state_file} is damaged: {e!r}") from None
+    return state, load_state_file(path / MODEL_FILE)
+
+
 def load_checkpoint(
     path,
     model: nn.Module | None = None,
@@ -259,20 +281,19 @@ def load_checkpoint(
 ) -> dict:
     """Read checkpoint folder ``path`` into the given objects (those not None) and
     return its state dict (``step``, ``extra``, ...). Optimiser tensors are moved to the
-    device of the model's parameters by ``optimizer.load_state_dict``."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
+    device of the model's parameters by ``optimizer.load_state_dict``. Both files are read
+    in full first: a damaged checkpoint raises ValueError naming the file and changes
+    nothing."""
     path = Path(path)
-    if not _complete(path):
-        raise FileNotFoundError(f"{path} is not a complete checkpoint (needs {MODEL_FILE} and {STATE_FILE})")
-    with safe_open(str(path / STATE_FILE), framework="pt") as f:
-        meta = f.metadata() or {}
-    if _META_KEY not in meta:
-        raise ValueError(f"{path / STATE_FILE} is not a tri_panet training checkpoint (no {_META_KEY} metadata)")
-    state = unpack_state(json.loads(meta[_META_KEY]), load_file(str(path / STATE_FILE)))
+    return _apply(path, *_read_checkpoint(path), model, optimizer, scheduler, scaler, restore_rng_state)
+
+
+def _apply(
+    path: Path, state: dict, weights: dict, model, optimizer, scheduler, scaler, restore_rng_state: bool
+) -> dict:
+    """Load a checkpoint read by :func:`_read_checkpoint` into the objects given; returns its state."""
     if model is not None:
-        load_state_into(model, load_state_file(path / MODEL_FILE), source=str(path / MODEL_FILE))
+        load_state_into(model, weights, source=str(path / MODEL_FILE))
     if optimizer is not None:
         optimizer.load_state_dict(state["optimizer"])
     if scheduler is not None and state.get("scheduler") is not None:
@@ -282,3 +303,34 @@ def load_checkpoint(
     if restore_rng_state:
         restore_rng(state["rng"])
     return state
+
+
+def load_latest(
+    root,
+    model: nn.Module | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler=None,
+    scaler=None,
+    *,
+    restore_rng_state: bool = True,
+    warn: Callable[[str], None] = print,
+) -> tuple[Path, dict] | None:
+    """:func:`load_checkpoint` of the newest intact checkpoint under ``root``: (its folder,
+    its state), or None when there is none. A damaged newer one (a file missing, truncated
+    or not ours) is skipped with ``warn("warning: ...")`` naming it; ValueError when every
+    checkpoint is damaged."""
+    newest = find_latest(root)
+    candidates = [newest] if newest is not None else []
+    candidates += [p for _, p in reversed(list_checkpoints(root)) if p != newest]
+    skipped = []
+    for path in candidates:
+        try:
+            state, weights = _read_checkpoint(path)
+        except ValueError as e:
+            skipped.append(path.name)
+            warn(f"warning: skipping damaged checkpoint {path}: {e}")
+            continue
+        return path, _apply(path, state, weights, model, optimizer, scheduler, scaler, restore_rng_state)
+    if skipped:
+        raise ValueError(f"no intact checkpoint in {root} (damaged: {', '.join(skipped)})")
+    return None

@@ -6,8 +6,8 @@ file holds the same names as the dataclass fields (flat), plus an optional
 
     task = "denoise"
     model = "tiny-denoise"
-    data = ["../shared/data/train/Wiki50", "../shared/data/train/SunHays80"]
-    val = "../shared/data/test/Kodak24"
+    data = ["photos/train", "more-photos/"]
+    val = "photos/val"
     sigma_range = [0, 55]
     steps = 2000
     batch_size = 8
@@ -25,11 +25,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import types
+import typing
 from dataclasses import dataclass, field, fields
 from numbers import Integral, Real
 from pathlib import Path
 
-from ..data.degradations import SR_SCALES, TASKS
+from ..device import check_device_name
+from ..tasks import LEVELS, SCALED_TASKS, Level, get_task
 
 try:  # Python >= 3.11
     import tomllib
@@ -39,20 +43,18 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10 with the tomli bac
     except ModuleNotFoundError:
         tomllib = None
 
-__all__ = ["TrainConfig", "load_toml", "default_model_for"]
+__all__ = ["TrainConfig", "load_toml"]
 
 SCHEDULES = ("cosine", "step", "constant")
 AMP_MODES = ("none", "bf16", "fp16")
-DEVICES = ("auto", "cpu", "cuda")
+
+#: The settings that name files or folders (stored as absolute paths in OUT/config.toml).
+PATH_SETTINGS = ("data", "val", "weights", "out")
 
 
-def default_model_for(task: str, scale: int | None = None) -> str:
-    """The tiny registry model of ``task`` (``tiny-sr-x{scale}`` for sr, scale default 2)."""
-    if task not in TASKS:
-        raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
-    if task == "sr":
-        return f"tiny-sr-x{scale or 2}"
-    return f"tiny-{task}"
+def _level_fields(level: Level) -> tuple[str, str, str]:
+    """The settings of a degradation level: fixed, blind range, validation."""
+    return level.name, f"{level.name}_range", f"val_{level.name}"
 
 
 @dataclass
@@ -61,7 +63,10 @@ class TrainConfig:
 
     Sizes are in pixels, ``sigma`` on the 0-255 scale, ``lr`` per Adam step, ``steps``
     counted in optimiser steps. ``batch_size`` is per process: with ``torchrun`` the
-    global batch is ``batch_size * world_size``.
+    global batch is ``batch_size * world_size``. ``data`` is required (``Trainer`` refuses
+    a run without it); ``val`` is optional. The degradation settings of each task's level
+    (``sigma*`` for denoise, ``quality*`` for jpeg; ``tri_panet.tasks``) apply to that
+    task only; their defaults are the task's.
     """
 
     # what to train
@@ -74,19 +79,19 @@ class TrainConfig:
     backend: str = "auto"  # attention backend
 
     # data
-    data: list = field(default_factory=list)  # folders of clean training images
+    data: list[str] = field(default_factory=list)  # folders of clean training images
     val: str | None = None  # folder of clean validation images
     val_limit: int = 4  # validate on the first N images of `val` (0: all)
     val_crop: int | None = 128  # centre-crop validation images to this side (None: whole)
     val_tile: int | None = None  # tiled validation (None: whole image / crop)
-    val_sigma: float | None = None  # None: `sigma`, else 25
-    val_quality: int | None = None  # None: `quality`, else 20
+    val_sigma: float | None = None  # None: `sigma`, else the task's (25)
+    val_quality: int | None = None  # None: `quality`, else the task's (20)
     color: bool | None = None  # None: from the model's n_colors
     patch_size: int = 48  # input patch side (the target is patch_size * scale for sr)
     sigma: float | None = None
-    sigma_range: list | None = None  # default for denoise: [0, 55] (blind)
+    sigma_range: list[float] | None = None  # default for denoise: [0, 55] (blind)
     quality: int | None = None
-    quality_range: list | None = None  # default for jpeg: [10, 40]
+    quality_range: list[int] | None = None  # default for jpeg: [10, 40]
     scale: int | None = None  # sr: from the model
     clip_noise: bool = False  # clamp noisy inputs to [0, 1] (the benchmarks do not)
     num_workers: int = 0  # DataLoader worker processes
@@ -100,12 +105,12 @@ class TrainConfig:
     warmup_steps: int = 0
     lr_step: int = 0  # step schedule: multiply by lr_gamma every lr_step steps (0: steps // 2)
     lr_gamma: float = 0.5
-    betas: list = field(default_factory=lambda: [0.9, 0.999])
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     weight_decay: float = 0.0
     grad_clip: float = 0.0  # max global grad norm; 0 disables clipping
     amp: str = "none"  # none | bf16 | fp16 (fp16 with GradScaler, GPU only)
     device: str = "auto"  # auto | cpu | cuda
-    threads: int = 0  # torch CPU threads (0: torch's default)
+    threads: int = 0  # torch CPU threads (0: the free cores, tri_panet.device.choose_threads)
     seed: int = 0
 
     # bookkeeping
@@ -120,7 +125,7 @@ class TrainConfig:
     # ------------------------------------------------------------------ build
 
     @classmethod
-    def from_dict(cls, values: dict, *, source: str = "config") -> "TrainConfig":
+    def from_dict(cls, values: dict, *, source: str = "config") -> TrainConfig:
         """A config from a dict of field values (unknown names raise ValueError)."""
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - names)
@@ -131,17 +136,11 @@ class TrainConfig:
         return cfg
 
     @classmethod
-    def from_toml(cls, path, overrides: dict | None = None) -> "TrainConfig":
+    def from_toml(cls, path, overrides: dict | None = None) -> TrainConfig:
         """Read ``path`` (TOML), then apply ``overrides`` (e.g. the flags given)."""
         values = load_toml(path)
         values.update({k: v for k, v in (overrides or {}).items()})
         return cls.from_dict(values, source=str(path))
-
-    def replace(self, **changes) -> "TrainConfig":
-        """A validated copy with ``changes``."""
-        cfg = dataclasses.replace(self, **changes)
-        cfg.validate()
-        return cfg
 
     def to_dict(self) -> dict:
         """Plain dict of all fields (JSON-able)."""
@@ -166,56 +165,58 @@ class TrainConfig:
     @property
     def model_name(self) -> str:
         """The registry name trained (``model`` or the task's tiny model)."""
-        return self.model or default_model_for(self.task, self.scale)
+        return self.model or get_task(self.task).default_model(self.scale)
 
     @property
     def out_dir(self) -> Path:
         """The run folder."""
         return Path(self.out) if self.out else Path("runs") / self.model_name
 
+    def resolve_paths(self) -> None:
+        """Make the file and folder settings (:data:`PATH_SETTINGS`) absolute, ``out``
+        included (its default too), so that the stored configuration means the same from
+        any working folder."""
+        self.data = [os.path.abspath(d) for d in self.data]
+        for name in ("val", "weights"):
+            if getattr(self, name) is not None:
+                setattr(self, name, os.path.abspath(getattr(self, name)))
+        self.out = os.path.abspath(self.out_dir)
+
     def degradation_kwargs(self) -> dict:
-        """Keyword arguments of ``make_degradation`` for the training data."""
-        if self.task == "denoise":
-            if self.sigma is not None:
-                return {"sigma": float(self.sigma), "clip": self.clip_noise}
-            lo, hi = self.sigma_range if self.sigma_range is not None else (0.0, 55.0)
-            return {"sigma_range": (float(lo), float(hi)), "clip": self.clip_noise}
-        if self.task == "jpeg":
-            if self.quality is not None:
-                return {"quality": int(self.quality)}
-            lo, hi = self.quality_range if self.quality_range is not None else (10, 40)
-            return {"quality_range": (int(lo), int(hi))}
-        if self.task == "sr":
-            return {"scale": self.scale}
-        return {}
+        """Keyword arguments of ``make_degradation`` for the training data: the fixed level
+        if one is set, else the blind range (default: the task's)."""
+        level, level_range, _ = self._level_settings()
+        return get_task(self.task).training_params(level, level_range, scale=self.scale, clip=self.clip_noise)
 
     def val_degradation_kwargs(self) -> dict:
-        """Keyword arguments of ``make_degradation`` for validation (a fixed level)."""
-        if self.task == "denoise":
-            sigma = self.val_sigma if self.val_sigma is not None else (self.sigma if self.sigma is not None else 25.0)
-            return {"sigma": float(sigma), "clip": self.clip_noise}
-        if self.task == "jpeg":
-            q = self.val_quality if self.val_quality is not None else (self.quality if self.quality is not None else 20)
-            return {"quality": int(q)}
-        if self.task == "sr":
-            return {"scale": self.scale}
-        return {}
+        """Keyword arguments of ``make_degradation`` for validation: ``val_<level>``, else
+        the fixed training level, else the task's default."""
+        level, _, val_level = self._level_settings()
+        level = val_level if val_level is not None else level
+        return get_task(self.task).fixed_params(level, scale=self.scale, clip=self.clip_noise)
+
+    def _level_settings(self) -> tuple:
+        """The values of the task level's (fixed, range, validation) settings."""
+        level = get_task(self.task).level
+        return tuple(getattr(self, f) for f in _level_fields(level)) if level else (None, None, None)
 
     # ------------------------------------------------------------------ checks
 
     def validate(self) -> None:
         """Raise ValueError/TypeError naming the first bad setting."""
-        if self.task not in TASKS:
-            raise ValueError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
-        if self.model is not None and not isinstance(self.model, str):
-            raise TypeError(f"model must be a registry name (str), got {type(self.model).__name__}")
-        if not isinstance(self.model_args, dict):
-            raise TypeError(f"model_args must be a table/dict, got {type(self.model_args).__name__}")
-        if isinstance(self.data, (str, Path)):
-            self.data = [str(self.data)]
-        if not isinstance(self.data, (list, tuple)):
-            raise TypeError(f"data must be a list of folders, got {type(self.data).__name__}")
-        self.data = [str(d) for d in self.data]
+        if isinstance(self.data, (str, os.PathLike)):
+            self.data = [self.data]
+        if isinstance(self.data, (list, tuple)):
+            self.data = [os.fspath(d) if isinstance(d, os.PathLike) else d for d in self.data]
+        for name in PATH_SETTINGS[1:]:
+            if isinstance(getattr(self, name), os.PathLike):
+                setattr(self, name, os.fspath(getattr(self, name)))
+        hints = typing.get_type_hints(type(self))
+        for f in fields(self):
+            _check_type(f.name, getattr(self, f.name), hints[f.name])
+        if not all(isinstance(k, str) for k in self.model_args):
+            raise TypeError(f"model_args names must be strings, got {list(self.model_args)!r}")
+        task = get_task(self.task)
         for name in ("steps", "batch_size", "patch_size", "ckpt_every", "log_every", "keep_checkpoints"):
             _check_int(name, getattr(self, name), 1)
         for name in ("warmup_steps", "lr_step", "val_every", "val_limit", "num_workers", "threads", "seed"):
@@ -231,50 +232,74 @@ class TrainConfig:
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.amp not in AMP_MODES:
             raise ValueError(f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
-        if self.device not in DEVICES and not str(self.device).startswith("cuda:"):
-            raise ValueError(f"device must be one of {', '.join(DEVICES)} or cuda:N, got {self.device!r}")
-        if not (isinstance(self.betas, (list, tuple)) and len(self.betas) == 2):
-            raise ValueError(f"betas must be two numbers, got {self.betas!r}")
+        check_device_name(self.device)
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
         if self.weights is not None and self.pretrained:
             raise ValueError("give either weights (a file) or pretrained (the bundled weights), not both")
         if self.model_args and self.pretrained:
             raise ValueError("model_args cannot change a pretrained model (its bundled file fixes the architecture)")
-        wrong = {
-            "denoise": ("quality", "quality_range", "val_quality"),
-            "jpeg": ("sigma", "sigma_range", "val_sigma"),
-            "demosaic": ("sigma", "sigma_range", "val_sigma", "quality", "quality_range", "val_quality"),
-            "sr": ("sigma", "sigma_range", "val_sigma", "quality", "quality_range", "val_quality"),
-        }[self.task]
-        given = [n for n in wrong if getattr(self, n) is not None]
+        foreign = [f for level in LEVELS if level != task.level for f in _level_fields(level)]
+        given = [n for n in foreign if getattr(self, n) is not None]
         if given:
             raise ValueError(f"{', '.join(given)} does not apply to task {self.task!r}")
-        if self.sigma is not None and self.sigma_range is not None:
-            raise ValueError("give sigma (fixed) or sigma_range (blind), not both")
-        if self.quality is not None and self.quality_range is not None:
-            raise ValueError("give quality (fixed) or quality_range (blind), not both")
-        for name in ("sigma_range", "quality_range"):
-            v = getattr(self, name)
-            if v is not None and not (isinstance(v, (list, tuple)) and len(v) == 2):
-                raise ValueError(f"{name} must be two numbers (low, high), got {v!r}")
+        if task.level is not None:
+            fixed, blind, _ = _level_fields(task.level)
+            if getattr(self, fixed) is not None and getattr(self, blind) is not None:
+                raise ValueError(f"give {fixed} (fixed) or {blind} (blind), not both")
+            v = getattr(self, blind)
+            if v is not None and len(v) != 2:
+                raise ValueError(f"{blind} must be two numbers (low, high), got {v!r}")
         if self.scale is not None:
-            if self.task != "sr":
-                raise ValueError(f"scale applies to task 'sr' only, got task {self.task!r}")
-            if self.scale not in SR_SCALES:
-                raise ValueError(f"scale must be one of {SR_SCALES}, got {self.scale!r}")
+            if not task.scaled:
+                scaled = " / ".join(map(repr, SCALED_TASKS))
+                raise ValueError(f"scale applies to task {scaled} only, got task {self.task!r}")
+            if self.scale not in task.scales:
+                raise ValueError(f"scale must be one of {task.scales}, got {self.scale!r}")
 
 
-def _check_int(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, Integral):
-        raise TypeError(f"{name} must be an int, got {value!r}")
+#: What each field type must be, in words, and the test of a value.
+_TYPES: dict[type, tuple[str, typing.Callable[[object], bool]]] = {
+    bool: ("true or false", lambda v: isinstance(v, bool)),
+    int: ("an integer", lambda v: isinstance(v, Integral) and not isinstance(v, bool)),
+    float: ("a number", lambda v: isinstance(v, Real) and not isinstance(v, bool)),
+    str: ("a string", lambda v: isinstance(v, str)),
+    dict: ("a table", lambda v: isinstance(v, dict)),
+}
+
+
+def _check_type(name: str, value: object, hint) -> None:
+    """TypeError naming ``name`` unless ``value`` is of the annotated type ``hint`` (``X``,
+    ``X | None``, ``list[X]``): strictly, so that ``resume = "no"`` is not taken as true
+    and ``steps = 3.0`` is not rounded. Floats accept integers."""
+    if typing.get_origin(hint) in (types.UnionType, typing.Union):
+        if value is None:
+            return
+        (hint,) = [a for a in typing.get_args(hint) if a is not type(None)]  # one type besides None
+    if typing.get_origin(hint) is list or hint is list:
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f"{name} must be a list, got {value!r}")
+        (item,) = typing.get_args(hint) or (object,)
+        for i, v in enumerate(value):
+            _check_type(f"{name}[{i}]", v, item)
+        return
+    if hint is object:
+        return
+    want, ok = _TYPES[hint]
+    if not ok(value):
+        raise TypeError(f"{name} must be {want}, got {value!r}")
+
+
+def _check_int(name: str, value: int, minimum: int) -> None:
+    """ValueError unless ``value`` (an int: :func:`_check_type` came first) is >= ``minimum``."""
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
 
 
-def _check_real(name: str, value: object, *, positive: bool) -> None:
-    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
-        raise TypeError(f"{name} must be a finite number, got {value!r}")
-    if value < 0 or (positive and value == 0):
-        raise ValueError(f"{name} must be {'> 0' if positive else '>= 0'}, got {value}")
+def _check_real(name: str, value: float, *, positive: bool) -> None:
+    """ValueError unless ``value`` (a number) is finite and >= 0 (> 0 if ``positive``)."""
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        raise ValueError(f"{name} must be finite and {'> 0' if positive else '>= 0'}, got {value}")
 
 
 def _toml_value(v) -> str:

@@ -1,488 +1,286 @@
-"""The training engine (:class:`Trainer`) and the evaluation shared with ``tri-panet eval``.
+"""The training engine: :class:`Trainer`.
 
-Training: L1 loss, Adam, linear warmup then a cosine / step / constant schedule, optional
-global gradient-norm clipping, bf16/fp16 autocast on GPU (fp16 with a GradScaler),
-validation PSNR/SSIM on a held-out folder, a tqdm bar with loss and images/s, atomic
-checkpoints (:mod:`.checkpoint`), exact resumption, and DistributedDataParallel under
-``torchrun`` (:mod:`.distributed`).
+Training: L1 loss, Adam, linear warmup then a cosine / step / constant schedule
+(:mod:`.schedule`), optional global gradient-norm clipping, bf16/fp16 autocast on GPU (fp16
+with a GradScaler), validation PSNR/SSIM on a held-out folder (:mod:`tri_panet.evaluation`),
+a tqdm bar with loss and images/s, atomic checkpoints (:mod:`.checkpoint`), exact
+resumption, and DistributedDataParallel under ``torchrun`` (:mod:`.distributed`).
 
 Exact resumption. Which samples step ``s`` trains on is a pure function of
-(``seed``, ``s``, rank, world size): :class:`StepBatchSampler` maps the step to an epoch
-and a slice of that epoch's seeded permutation, and ``RestorationDataset`` draws each
-sample's crop, flips and noise from (``seed``, epoch, index). The model, Adam moments,
-LR scheduler, grad scaler and RNG states come back from the checkpoint, so a run killed
-after its checkpoint at step k and resumed computes the same steps k+1, ... as a run
-that was never interrupted (bit for bit on the same machine and thread count).
-
-Metric conventions (``metric_convention``): denoise and demosaic on RGB without a border
-crop; jpeg on the Y channel; sr on the Y channel with ``crop_border = scale``.
+(``seed``, ``s``, rank, world size): :class:`~.sampler.StepBatchSampler` maps the step to
+an epoch and a slice of that epoch's seeded permutation, and ``RestorationDataset`` draws
+each sample's crop, flips and noise from (``seed``, epoch, index). The model, Adam
+moments, LR scheduler, grad scaler and RNG states come back from the checkpoint, so a run
+killed after its checkpoint at step k and resumed computes the same steps k+1, ... as a
+run that was never interrupted: bit for bit on the same machine and thread count when the
+computation is deterministic, as on a CPU (the attention's torch backend). On a GPU it is
+not: the Triton attention kernels accumulate with float32 atomics (and cuDNN may pick
+non-deterministic kernels), whose order varies from run to run, so a resumed run there
+matches an uninterrupted one only to rounding, as two uninterrupted runs do.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
-from .._files import write_text_atomic
-from ..data.dataset import RestorationDataset, sample_generator
-from ..data.degradations import bicubic_upsample, bilinear_demosaic, make_degradation, modcrop
-from ..data.io import list_images, load_image
-from ..inference import restore
-from ..metrics import psnr, ssim
-from ..models import create, load_pretrained, load_weights, model_info, read_metadata
-from ..models.weights import load_state_into, load_state_file
+from .._files import check_can_create, write_text_atomic
+from ..cost import CostModel
+from ..data.io import list_images, loss_notes, read_header
+from ..device import choose_threads, resolve_device
+from ..evaluation import EvalPair, evaluate, prepare_eval_pairs
+from ..models import build_model, describe, save_weights
+from ..tasks import make_degradation
 from . import checkpoint as ckpt
 from .config import TrainConfig
+from .dataset import RestorationDataset
 from .distributed import DistInfo, all_reduce_mean, barrier, dist_info
+from .sampler import EpochIndexed, StepBatchSampler
+from .schedule import lr_factor
 
-__all__ = [
-    "Trainer",
-    "build_model",
-    "metric_convention",
-    "baseline",
-    "EvalPair",
-    "prepare_eval_pairs",
-    "evaluate",
-    "StepBatchSampler",
-    "lr_factor",
-    "resolve_device",
-]
+__all__ = ["Trainer"]
 
-
-# ---------------------------------------------------------------------------------------
-# models, devices, conventions
-# ---------------------------------------------------------------------------------------
-
-
-def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
-    """``auto``: ``cuda:<local_rank>`` when CUDA is available, else the CPU."""
-    if name == "auto":
-        name = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    elif name == "cuda":
-        name = f"cuda:{local_rank}"
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r}: CUDA is not available on this machine")
-    return device
-
-
-def build_model(
-    name: str | None = None,
-    *,
-    weights: str | os.PathLike | None = None,
-    pretrained: bool = False,
-    model_args: dict | None = None,
-    backend: str = "auto",
-    strict: bool = True,
-    task: str | None = None,
-) -> nn.Module:
-    """A model for training or inference.
-
-    - ``pretrained``: the registry model ``name`` with its bundled weights (``load_pretrained``);
-    - ``weights``: a ``.safetensors`` written by ``save_weights`` (rebuilt from its metadata
-      unless ``model_args`` are given) or an official ``.pth`` / ``.pt`` (``name`` required:
-      it gives the architecture; read with ``torch.load(weights_only=True)``);
-    - neither: a freshly initialised ``create(name, **model_args)``.
-    ``task``, when given, must be the registry task of the model (ValueError otherwise).
-    The model's ``model_name`` attribute holds its registry name.
-    """
-    model_args = dict(model_args or {})
-    if pretrained:
-        if name is None:
-            raise ValueError("pretrained weights need a model name (--model NAME)")
-        model = load_pretrained(name, backend=backend)
-    elif weights is not None:
-        path = Path(weights)
-        if not path.is_file():
-            raise FileNotFoundError(f"weights file {str(path)!r} does not exist")
-        meta = read_metadata(path) if path.suffix == ".safetensors" else {}
-        if not model_args and (meta.get("tri_panet.model") or meta.get("tri_panet.class")):
-            model = load_weights(path, backend=backend, strict=strict)
-            if name is not None and getattr(model, "model_name", None) not in (None, "", name):
-                raise ValueError(f"{path} holds model {model.model_name!r}, not {name!r}")
-        else:
-            if name is None:
-                raise ValueError(
-                    f"{path} does not say which model it holds; name the architecture with --model NAME"
-                )
-            model = create(name, backend=backend, **model_args)
-            load_state_into(model, load_state_file(path), strict=strict, source=str(path))
-    else:
-        if name is None:
-            raise ValueError("no model given: pass a registry name (--model NAME) or a weights file")
-        model = create(name, backend=backend, **model_args)
-    model_name = getattr(model, "model_name", None) or name
-    if task is not None and model_name:
-        have = model_info(model_name)["task"]
-        if have != task:
-            raise ValueError(f"model {model_name!r} is made for task {have!r}, not {task!r}")
-    return model
-
-
-def metric_convention(task: str, scale: int = 1) -> dict:
-    """``psnr``/``ssim`` keyword arguments of the task's published convention."""
-    if task in ("denoise", "demosaic"):
-        return {"crop_border": 0, "y_channel": False}
-    if task == "jpeg":
-        return {"crop_border": 0, "y_channel": True}
-    if task == "sr":
-        return {"crop_border": int(scale), "y_channel": True}
-    raise ValueError(f"unknown task {task!r}")
-
-
-def baseline(task: str, degraded: torch.Tensor, scale: int = 1) -> torch.Tensor:
-    """What the model is compared with: the degraded input itself (denoise, jpeg), bilinear
-    demosaicing of the mosaic, or bicubic upsampling of the LR image (sr)."""
-    if task == "demosaic":
-        return bilinear_demosaic(degraded)
-    if task == "sr":
-        return bicubic_upsample(degraded, scale)
-    return degraded
-
-
-# ---------------------------------------------------------------------------------------
-# evaluation (validation during training and `tri-panet eval`)
-# ---------------------------------------------------------------------------------------
-
-
-@dataclass
-class EvalPair:
-    """One evaluation image: ``name``, ``degraded`` model input and clean ``target`` ([C, H, W])."""
-
-    name: str
-    degraded: torch.Tensor
-    target: torch.Tensor
-    params: dict
-
-
-def _center_crop(img: torch.Tensor, size: int) -> torch.Tensor:
-    h, w = img.shape[-2:]
-    th, tw = min(size, h), min(size, w)
-    top, left = (h - th) // 2, (w - tw) // 2
-    return img[..., top : top + th, left : left + tw]
-
-
-def prepare_eval_pairs(
-    paths: Sequence[str | os.PathLike],
-    task: str,
-    degradation,
-    *,
-    color: bool = True,
-    seed: int = 0,
-    crop: int | None = None,
-    scale: int = 1,
-) -> list[EvalPair]:
-    """Load each clean image, optionally centre-crop it to ``crop``, and degrade it with a
-    generator seeded from (``seed``, 0, image index) (``sample_generator``): the same
-    degraded inputs on every run. For sr the target is cropped to a multiple of ``scale``
-    (``modcrop``); ``crop`` must then be a multiple of ``scale`` too."""
-    pairs = []
-    for i, p in enumerate(paths):
-        clean = load_image(p, color=color)
-        if crop is not None:
-            clean = _center_crop(clean, crop)
-        if task == "sr":
-            clean = modcrop(clean, scale)
-        g = sample_generator(seed, 0, i)
-        degraded = degradation(clean, g)
-        params = degradation.last_params[0] if getattr(degradation, "last_params", None) else {}
-        pairs.append(EvalPair(Path(p).name, degraded, clean, dict(params)))
-    return pairs
-
-
-def evaluate(
-    model: nn.Module,
-    pairs: Sequence[EvalPair],
-    task: str,
-    *,
-    scale: int = 1,
-    tile: int | None = None,
-    tile_overlap: int = 16,
-    self_ensemble: bool = False,
-    dtype: torch.dtype | None = None,
-    with_ssim: bool = True,
-    progress: bool = False,
-    on_image: Callable[[dict], None] | None = None,
-) -> dict:
-    """Restore every pair with ``tri_panet.inference.restore`` and score it with the
-    task's convention against the target; the degraded input (or the classical
-    ``baseline``) is scored too.
-
-    Returns dict(rows=[dict(image, input_psnr, input_ssim, model_psnr, model_ssim,
-    seconds)], mean=dict(...), convention=dict(crop_border, y_channel)). ``on_image`` is
-    called with each row as soon as it is ready.
-    """
-    from tqdm.auto import tqdm
-
-    conv = metric_convention(task, scale)
-    rows = []
-    bar = tqdm(pairs, desc="eval", unit="img", disable=not progress, file=sys.stderr, leave=False)
-    for pair in bar:
-        t0 = time.perf_counter()
-        out = restore(model, pair.degraded, tile=tile, tile_overlap=tile_overlap, self_ensemble=self_ensemble, dtype=dtype)
-        seconds = time.perf_counter() - t0
-        base = baseline(task, pair.degraded, scale)
-        row = {
-            "image": pair.name,
-            "input_psnr": float(psnr(base[None], pair.target[None], **conv)[0]),
-            "model_psnr": float(psnr(out[None].cpu(), pair.target[None], **conv)[0]),
-        }
-        if with_ssim:
-            row["input_ssim"] = float(ssim(base[None], pair.target[None], **conv)[0])
-            row["model_ssim"] = float(ssim(out[None].cpu(), pair.target[None], **conv)[0])
-        row["seconds"] = seconds
-        rows.append(row)
-        if on_image is not None:
-            on_image(row)
-    keys = [k for k in ("input_psnr", "input_ssim", "model_psnr", "model_ssim", "seconds") if rows and k in rows[0]]
-    mean = {k: float(np.mean([r[k] for r in rows])) for k in keys}
-    return {"rows": rows, "mean": mean, "convention": conv}
-
-
-# ---------------------------------------------------------------------------------------
-# data order
-# ---------------------------------------------------------------------------------------
-
-
-class StepBatchSampler:
-    """Batches of (epoch, index) for steps ``start``..``end``-1 of this rank.
-
-    Step ``s`` takes global batch ``s % steps_per_epoch`` of epoch ``s // steps_per_epoch``
-    from a permutation of ``range(length)`` seeded by (``seed``, epoch); rank ``r`` takes
-    its ``batch_size`` slice of that global batch (rank-sharded sampling, every sample seen
-    once per epoch across ranks). A pure function of the step: resuming needs no state.
-    """
-
-    def __init__(self, length: int, batch_size: int, *, seed: int, start: int, end: int, rank: int = 0, world_size: int = 1):
-        self.global_batch = batch_size * world_size
-        if length < self.global_batch or length % self.global_batch:
-            raise ValueError(f"length ({length}) must be a positive multiple of the global batch ({self.global_batch})")
-        self.length, self.batch_size, self.seed = length, batch_size, seed
-        self.start, self.end, self.rank = start, end, rank
-        self.steps_per_epoch = length // self.global_batch
-        self._cached: tuple[int, torch.Tensor] | None = None
-
-    def permutation(self, epoch: int) -> torch.Tensor:
-        """The sample order of ``epoch``."""
-        if self._cached is None or self._cached[0] != epoch:
-            # a tag word keeps this stream apart from the dataset's (seed, epoch, index) streams
-            state = np.random.SeedSequence([int(self.seed) & 0xFFFFFFFF, int(epoch), 0x5A3B1E]).generate_state(2, np.uint32)
-            g = torch.Generator().manual_seed(int(state[0]) << 31 ^ int(state[1]))
-            self._cached = (epoch, torch.randperm(self.length, generator=g))
-        return self._cached[1]
-
-    def batch(self, step: int) -> list[tuple[int, int]]:
-        """This rank's (epoch, index) pairs of ``step``."""
-        epoch, k = divmod(step, self.steps_per_epoch)
-        g0 = k * self.global_batch + self.rank * self.batch_size
-        return [(epoch, int(i)) for i in self.permutation(epoch)[g0 : g0 + self.batch_size]]
-
-    def __iter__(self):
-        for s in range(self.start, self.end):
-            yield self.batch(s)
-
-    def __len__(self) -> int:
-        return max(self.end - self.start, 0)
-
-
-class _EpochIndexed(Dataset):
-    """Indexes ``RestorationDataset`` by (epoch, index), so that DataLoader workers (which
-    hold copies of the dataset) draw the right epoch without shared state."""
-
-    def __init__(self, dataset: RestorationDataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, key: tuple[int, int]):
-        epoch, index = key
-        self.dataset.set_epoch(epoch)
-        return self.dataset[index]
-
-
-def lr_factor(step: int, config: TrainConfig) -> float:
-    """Multiplier of ``config.lr`` after ``step`` optimiser steps: linear warmup over
-    ``warmup_steps``, then cosine decay to ``lr_min`` at ``steps``, or x ``lr_gamma`` every
-    ``lr_step`` steps, or constant."""
-    w = config.warmup_steps
-    if w and step < w:
-        return (step + 1) / w
-    if config.schedule == "cosine":
-        t = min(max(step - w, 0) / max(config.steps - w, 1), 1.0)
-        floor = min(config.lr_min / config.lr, 1.0)
-        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * t))
-    if config.schedule == "step":
-        every = config.lr_step or max(config.steps // 2, 1)
-        return config.lr_gamma ** (max(step - w, 0) // every)
-    return 1.0
-
-
-# ---------------------------------------------------------------------------------------
-# the trainer
-# ---------------------------------------------------------------------------------------
+_AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class Trainer:
-    """Train ``config`` (see :class:`TrainConfig`); call :meth:`fit`.
+    """Train ``config`` (see :class:`TrainConfig`): ``Trainer(config).fit()``.
+
+    The constructor prepares the whole run: device, model, training data, optimiser, the
+    state of the last checkpoint (with ``config.resume``) and the validation images; it
+    creates the run folder and writes ``OUT/config.toml``. So :meth:`validate`,
+    :meth:`save_checkpoint` and every attribute are usable before :meth:`fit`.
+
+    The run folder must be new, empty, or (with ``config.resume``) the one to continue;
+    ``force`` starts a run again in a folder that holds one (its checkpoints, log, config
+    and weights are deleted first; other files stay).
 
     ``command``: the command line recorded in the weights' metadata and the log.
     ``hooks``: callables ``hook(trainer, step)`` run after each step (after its
     validation and checkpoint), e.g. to stop early; an exception they raise ends the run
     like a kill would (the last checkpoint stays). ``trainer.model`` is the bare model
-    (not the DDP wrapper).
+    (``trainer.ddp`` the DistributedDataParallel wrapper, or the model itself).
     """
 
-    def __init__(self, config: TrainConfig, *, command: str | None = None, hooks: Sequence[Callable] = ()):
+    def __init__(
+        self, config: TrainConfig, *, command: str | None = None, hooks: Sequence[Callable] = (), force: bool = False
+    ):
         config.validate()
+        config.resolve_paths()  # OUT/config.toml then means the same from any working folder
         self.config = config
         self.command = command
         self.hooks = list(hooks)
         self.dist: DistInfo = dist_info()
+        self.history: list[dict] = []  # the records of log.jsonl: losses and validations
         self.step = 0
-        self.history: list[dict] = []
+        self.wall_before = 0.0  # training seconds of earlier sessions of a resumed run
+        self._t_start = time.perf_counter()
+        self.out_dir: Path = config.out_dir
+        self.ckpt_dir: Path = self.out_dir / "checkpoints"
+        self.weights_path: Path = self.out_dir / "model.safetensors"  # the final weights
 
-    # ------------------------------------------------------------------ setup
-
-    @property
-    def out_dir(self) -> Path:
-        return self.config.out_dir
-
-    @property
-    def ckpt_dir(self) -> Path:
-        return self.out_dir / "checkpoints"
-
-    @property
-    def weights_path(self) -> Path:
-        """Where the final weights go: ``OUT/model.safetensors``."""
-        return self.out_dir / "model.safetensors"
-
-    def _log(self, message: str) -> None:
-        if self.dist.is_main:
-            from tqdm.auto import tqdm
-
-            tqdm.write(message, file=sys.stdout)
-            sys.stdout.flush()
-
-    def _log_json(self, record: dict) -> None:
-        self.history.append(record)
-        if self.dist.is_main:
-            with open(self.out_dir / "log.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
-
-    def _setup(self) -> None:
-        cfg = self.config
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        self.device = resolve_device(cfg.device, self.dist.local_rank)
-        if cfg.amp == "fp16" and self.device.type != "cuda":
+        torch.set_num_threads(choose_threads(config.threads or None))
+        self.device = resolve_device(config.device, self.dist.local_rank)
+        if config.amp == "fp16" and self.device.type != "cuda":
             raise ValueError("amp='fp16' needs a CUDA device (use bf16 or none on the CPU)")
-        self.amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.amp]
+        self.amp_dtype: torch.dtype | None = _AMP_DTYPES[config.amp]
 
-        # refuse to mix a new run into an old run's folder
-        previous = ckpt.find_latest(self.ckpt_dir)
-        if not cfg.resume and (previous is not None or self.weights_path.exists()):
+        clear = self._check_run_folder(force)
+        self.model = self._build_model()
+        self.scale, self.color = self._image_format()
+        # a patch size the machine cannot train: refused with the estimate, before the data is read
+        CostModel(self.model, self.device).check_training(config.patch_size, config.batch_size)
+        self.dataset = self._training_set()
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(
+            params, lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, config))
+        self.scaler = torch.amp.GradScaler("cuda", enabled=config.amp == "fp16")
+        if config.resume:
+            self._resume()
+        self.ddp = self._distributed()
+        self.val_pairs: list[EvalPair] = self._validation_pairs()
+        if self.dist.is_main:  # every check has passed: only now is the folder touched
+            if clear:
+                self._clear_run_folder()
+            if config.resume:
+                self._truncate_log()
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(self.out_dir / "config.toml", config.to_toml())
+
+    # ------------------------------------------------------------------ set-up steps
+
+    #: What a run writes into its folder (removed by ``force``).
+    RUN_FILES = ("checkpoints", "log.jsonl", "config.toml", "model.safetensors")
+
+    def _check_run_folder(self, force: bool) -> bool:
+        """Refuse a run folder that cannot be made or written, and one that holds files (a
+        run, even one killed before its first checkpoint) unless resuming it or ``force``.
+        Returns whether the old run's files are to be deleted (``force``; done by
+        :meth:`_clear_run_folder` once every other check has passed)."""
+        out = self.out_dir
+        if self.config.resume and force:
+            raise ValueError("give --resume (continue the run) or --force (start it again), not both")
+        check_can_create(out)  # also refuses a file named like the folder
+        if self.config.resume or not out.is_dir() or not any(out.iterdir()):
+            return False
+        if not force:
             raise FileExistsError(
-                f"{self.out_dir} already holds a run; pass --resume to continue it, or choose another --out"
+                f"{out} already holds files (a run?); pass --resume to continue it, --force to "
+                "start it again, or choose another --out"
             )
+        return True
 
+    def _clear_run_folder(self) -> None:
+        """Delete what an earlier run wrote into the run folder (:attr:`RUN_FILES`), nothing else."""
+        for name in self.RUN_FILES:
+            path = self.out_dir / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+
+    def _build_model(self) -> nn.Module:
+        """The model to train, on the device, in training mode."""
+        cfg = self.config
         torch.manual_seed(cfg.seed)  # same initial weights on every rank
-        self.model = build_model(
-            # a weights file names its own model; the task's default would only be a guess
-            cfg.model if cfg.weights else cfg.model_name,
-            weights=cfg.weights,
-            pretrained=cfg.pretrained,
-            model_args=cfg.model_args,
-            backend=cfg.backend,
-            strict=cfg.strict_weights,
-            task=cfg.task,
-        ).to(self.device)
-        self.model.train()
-        self.scale = int(getattr(self.model, "scale", 1))
-        if cfg.task == "sr" and cfg.scale is not None and cfg.scale != self.scale:
-            raise ValueError(f"scale {cfg.scale} differs from the model's scale {self.scale}")
-        if cfg.task == "sr":
-            cfg.scale = self.scale
-        n_colors = int(getattr(self.model, "n_colors", 3))
-        self.color = n_colors == 3 if cfg.color is None else bool(cfg.color)
-        if self.color != (n_colors == 3):
-            raise ValueError(f"color={cfg.color} does not match the model's n_colors={n_colors}")
+        try:
+            model = build_model(
+                # a weights file names its own model; the task's default would only be a guess
+                cfg.model if cfg.weights else cfg.model_name,
+                weights=cfg.weights,
+                pretrained=cfg.pretrained,
+                model_args=cfg.model_args,
+                backend=cfg.backend,
+                strict=cfg.strict_weights,
+                task=cfg.task,
+            )
+        except TypeError as e:  # an argument the constructor does not take, or of the wrong type
+            if not cfg.model_args:
+                raise
+            raise ValueError(f"model_args: {e}") from None
+        return model.to(self.device).train()
 
-        # data
+    def _image_format(self) -> tuple[int, bool]:
+        """The model's SR factor and whether it takes colour, checked against the settings."""
+        cfg, info = self.config, describe(self.model)
+        if cfg.scale is not None and cfg.scale != info.scale:
+            raise ValueError(f"scale {cfg.scale} differs from the model's scale {info.scale}")
+        if info.scale > 1:
+            cfg.scale = info.scale  # recorded in OUT/config.toml and in the weights' metadata
+        color = info.n_colors == 3 if cfg.color is None else bool(cfg.color)
+        if color != (info.n_colors == 3):
+            raise ValueError(f"color={cfg.color} does not match the model's n_colors={info.n_colors}")
+        return info.scale, color
+
+    def _training_set(self) -> RestorationDataset:
+        """The training patches: whole global batches per epoch, every image at least once.
+        Every image is decoded here (an unreadable one fails now, not when first sampled)."""
+        cfg = self.config
         if not cfg.data:
             raise ValueError("no training data: give one or more image folders (--data DIR ...)")
-        degradation = make_degradation(cfg.task, **cfg.degradation_kwargs())
         n_images = sum(len(list_images(d)) for d in cfg.data)
         global_batch = cfg.batch_size * self.dist.world_size
-        # whole global batches per epoch, every image at least once
-        length = math.ceil(n_images / global_batch) * global_batch
-        self.dataset = RestorationDataset(
+        dataset = RestorationDataset(
             cfg.data,
             cfg.task,
             patch_size=cfg.patch_size,
             color=self.color,
-            degradation=degradation,
+            degradation=make_degradation(cfg.task, **cfg.degradation_kwargs()),
             scale=self.scale,
             augment=True,
             seed=cfg.seed,
-            length=length,
+            length=math.ceil(n_images / global_batch) * global_batch,
         )
+        headers = dataset.check_images(progress=cfg.progress and self.dist.is_main)
+        for line in loss_notes(headers, self.color):
+            self._log(line)
+        return dataset
 
-        # optimisation
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, cfg))
-        self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16")
-
-        self.wall_before = 0.0
-        if cfg.resume and previous is not None:
-            state = ckpt.load_checkpoint(previous, self.model, self.optimizer, self.scheduler, self.scaler)
+    def _resume(self) -> None:
+        """Load model, optimiser, schedule, scaler and RNG states from the newest intact
+        checkpoint (a damaged newer one is skipped with a warning), then apply the settings
+        of this run to the optimiser and the schedule."""
+        found = ckpt.load_latest(self.ckpt_dir, self.model, self.optimizer, self.scheduler, self.scaler, warn=self._log)
+        if found is None:
+            self._log(f"no checkpoint in {self.ckpt_dir}; starting from step 0")
+        else:
+            previous, state = found
             self.step = int(state["step"])
             extra = state.get("extra") or {}
             self.wall_before = float(extra.get("wall_time_s", 0.0))
-            changed = _changed_settings(extra.get("config") or {}, cfg.to_dict())
+            self._apply_optimizer_settings()
+            changed = _changed_settings(extra.get("config") or {}, self.config.to_dict())
             if changed:
-                self._log(f"warning: settings differ from the checkpoint's: {', '.join(changed)}")
+                self._log(
+                    f"warning: settings differ from the checkpoint's (applied from step {self.step} on): "
+                    f"{', '.join(changed)}"
+                )
             self._log(f"resumed from {previous} at step {self.step}")
-        elif cfg.resume:
-            self._log(f"no checkpoint in {self.ckpt_dir}; starting from step 0")
 
-        self.ddp = self.model
-        if self.dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel
-
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.ddp = DistributedDataParallel(self.model, device_ids=ids)
-
-        self.val_pairs: list[EvalPair] = []
-        if cfg.val and self.dist.is_main:
-            paths = list_images(cfg.val)
-            if cfg.val_limit:
-                paths = paths[: cfg.val_limit]
-            crop = cfg.val_crop
-            if crop is not None and cfg.task == "sr":
-                crop -= crop % self.scale
-            val_deg = make_degradation(cfg.task, **cfg.val_degradation_kwargs())
-            self.val_pairs = prepare_eval_pairs(
-                paths, cfg.task, val_deg, color=self.color, seed=cfg.seed, crop=crop, scale=self.scale
+    def _apply_optimizer_settings(self) -> None:
+        """Give the optimiser and the schedule this run's settings: a checkpoint restores
+        the learning rate, betas and weight decay it was written with, and the schedule's
+        base rate, which would mix with a changed ``lr`` (``lr_factor`` reads the new one)."""
+        cfg = self.config
+        self.scheduler.base_lrs = [cfg.lr for _ in self.optimizer.param_groups]
+        for group in self.optimizer.param_groups:
+            group.update(
+                initial_lr=cfg.lr,
+                lr=cfg.lr * lr_factor(self.step, cfg),
+                betas=tuple(cfg.betas),
+                weight_decay=cfg.weight_decay,
             )
 
-        if self.dist.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(self.out_dir / "config.toml", cfg.to_toml())
+    def _truncate_log(self) -> None:
+        """Drop the records of ``log.jsonl`` after the resumed step (those of a killed run
+        past its last checkpoint, which the resumed run writes again), and a torn last line."""
+        path = self.out_dir / "log.jsonl"
+        if not path.is_file():
+            return
+        kept = []
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and record.get("step", 0) <= self.step:
+                kept.append(line + "\n")
+        write_text_atomic(path, "".join(kept))
+
+    def _distributed(self) -> nn.Module:
+        """The model wrapped in DistributedDataParallel when several processes train."""
+        if not self.dist.enabled:
+            return self.model
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(self.model, device_ids=ids)
+
+    def _validation_pairs(self) -> list[EvalPair]:
+        """The degraded validation images (rank 0 only; none without ``config.val``)."""
+        cfg = self.config
+        if not (cfg.val and self.dist.is_main):
+            return []
+        paths = list_images(cfg.val)[: cfg.val_limit or None]
+        for line in loss_notes([read_header(p) for p in paths], self.color):
+            self._log(line)
+        crop = None if cfg.val_crop is None else cfg.val_crop - cfg.val_crop % self.scale  # whole SR factors
+        degradation = make_degradation(cfg.task, **cfg.val_degradation_kwargs())
+        return prepare_eval_pairs(paths, degradation, color=self.color, seed=cfg.seed, crop=crop)
 
     # ------------------------------------------------------------------ pieces
 
@@ -491,8 +289,7 @@ class Trainer:
         if not self.val_pairs:
             return {}
         dtype = self.amp_dtype if self.device.type == "cuda" else None
-        res = evaluate(self.model, self.val_pairs, self.config.task, scale=self.scale, tile=self.config.val_tile, dtype=dtype)
-        return res["mean"]
+        return evaluate(self.model, self.val_pairs, self.config.task, tile=self.config.val_tile, dtype=dtype)["mean"]
 
     def save_checkpoint(self) -> Path | None:
         """Write the checkpoint of the current step (rank 0 only)."""
@@ -512,7 +309,7 @@ class Trainer:
         )
 
     def wall_time(self) -> float:
-        """Training seconds so far, earlier (resumed) sessions included."""
+        """Seconds of this session (since the Trainer was made) plus those of earlier ones."""
         return self.wall_before + (time.perf_counter() - self._t_start)
 
     def _weights_metadata(self) -> dict:
@@ -527,129 +324,165 @@ class Trainer:
             meta["tri_panet.train.val"] = json.dumps(val[-1])
         return meta
 
-    # ------------------------------------------------------------------ loop
+    def _log(self, message: str) -> None:
+        """A line on stdout (rank 0), printed above the progress bar."""
+        if self.dist.is_main:
+            tqdm.write(message, file=sys.stdout)
+            sys.stdout.flush()
+
+    def _log_json(self, record: dict) -> None:
+        """Keep ``record`` in :attr:`history` and append it to OUT/log.jsonl (rank 0)."""
+        self.history.append(record)
+        if self.dist.is_main:
+            with open(self.out_dir / "log.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    # ------------------------------------------------------------------ the loop
 
     def fit(self) -> dict:
-        """Train until ``config.steps``; returns dict(step, loss, val, weights, wall_time_s)."""
-        from tqdm.auto import tqdm
+        """Train from :attr:`step` to ``config.steps``; returns dict(step, loss, val,
+        weights, checkpoint, wall_time_s) (``loss``: the last logged mean L1 loss)."""
+        cfg = self.config
+        bar = self._progress_bar()
+        if self.dist.is_main:
+            self._log(
+                f"training {self._name()} ({sum(p.numel() for p in self.model.parameters())} params) on "
+                f"{len(self.dataset.paths)} images, {cfg.task}, steps {self.step}->{cfg.steps}, batch {cfg.batch_size}"
+                f"x{self.dist.world_size}, patch {cfg.patch_size}, device {self.device}, out {self.out_dir}"
+            )
+        window = _LossWindow(self.device)
+        last_ckpt = None
+        try:
+            for batch in self._loader():
+                window.add(self._train_step(batch))
+                self.step += 1
+                bar.update(1)
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    self._log_progress(window, bar)
+                last_ckpt = self._validate_and_checkpoint(bar) or last_ckpt
+                for hook in self.hooks:
+                    hook(self, self.step)
+        finally:
+            bar.close()
+        return self._finish(last_ckpt, window.last_mean)
 
-        self._t_start = time.perf_counter()
-        self._setup()
-        cfg, dist_ = self.config, self.dist
+    def _name(self) -> str:
+        """The registry name of the model trained, for the log."""
+        return describe(self.model).name or self.config.model_name
+
+    def _progress_bar(self) -> tqdm:
+        """The step bar on stderr (rank 0); redrawn rarely when stderr is a log file."""
+        return tqdm(
+            total=self.config.steps,
+            initial=self.step,
+            desc=f"train {self._name()}",
+            unit="step",
+            disable=not (self.config.progress and self.dist.is_main),
+            dynamic_ncols=True,
+            mininterval=0.5 if sys.stderr.isatty() else 30.0,
+            file=sys.stderr,
+        )
+
+    def _loader(self) -> DataLoader:
+        """The batches of steps :attr:`step`..``steps``-1 of this rank."""
+        cfg = self.config
         sampler = StepBatchSampler(
             len(self.dataset),
             cfg.batch_size,
             seed=cfg.seed,
             start=self.step,
             end=cfg.steps,
-            rank=dist_.rank,
-            world_size=dist_.world_size,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
         )
-        loader = DataLoader(
-            _EpochIndexed(self.dataset),
+        return DataLoader(
+            EpochIndexed(self.dataset),
             batch_sampler=sampler,
             num_workers=cfg.num_workers,
             pin_memory=self.device.type == "cuda",
         )
-        global_batch = cfg.batch_size * dist_.world_size
-        name = getattr(self.model, "model_name", None) or cfg.model_name
-        tty = sys.stderr.isatty()
-        bar = tqdm(
-            total=cfg.steps,
-            initial=self.step,
-            desc=f"train {name}",
-            unit="step",
-            disable=not (cfg.progress and dist_.is_main),
-            dynamic_ncols=True,
-            mininterval=0.5 if tty else 30.0,
-            file=sys.stderr,
+
+    def _train_step(self, batch: dict) -> torch.Tensor:
+        """One optimiser step on ``batch``; returns its L1 loss (detached)."""
+        x = batch["input"].to(self.device, non_blocking=True)
+        y = batch["target"].to(self.device, non_blocking=True)
+        autocast = nullcontext() if self.amp_dtype is None else torch.autocast(self.device.type, dtype=self.amp_dtype)
+        with autocast:
+            out = self.ddp(x)
+        loss = F.l1_loss(out.float(), y)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(self._divergence_message(loss.item()))
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.config.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return loss.detach()
+
+    def _divergence_message(self, loss: float) -> str:
+        """What happened when the loss became ``loss`` (inf or nan), what was saved, what to try."""
+        last = ckpt.find_latest(self.ckpt_dir)
+        saved = f"the last checkpoint is {last}" if last else "nothing was saved (no checkpoint yet)"
+        lr = self.optimizer.param_groups[0]["lr"]
+        clip = f"a --grad-clip below {self.config.grad_clip:g}" if self.config.grad_clip else "--grad-clip 1"
+        again = "then --resume continues from it with the new values" if last else "then --force starts again"
+        return (
+            f"training diverged: the loss became {loss} at step {self.step + 1} (learning rate {lr:.3g}); {saved}; "
+            f"try a lower --lr (it is {self.config.lr:g}) or {clip}, {again}"
         )
-        if dist_.is_main:
-            self._log(
-                f"training {name} ({sum(p.numel() for p in self.model.parameters())} params) on "
-                f"{len(self.dataset.paths)} images, {cfg.task}, steps {self.step}->{cfg.steps}, batch {cfg.batch_size}"
-                f"x{dist_.world_size}, patch {cfg.patch_size}, device {self.device}, out {self.out_dir}"
+
+    def _log_progress(self, window: _LossWindow, bar: tqdm) -> None:
+        """Log the mean loss (over all ranks) and the images/s since the last log line."""
+        mean_loss, seconds, steps = window.take()
+        imgs_per_s = steps * self.config.batch_size * self.dist.world_size / max(seconds, 1e-9)
+        lr = self.optimizer.param_groups[0]["lr"]
+        bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{imgs_per_s:.1f}", lr=f"{lr:.2e}")
+        self._log_json(
+            {"step": self.step, "loss": mean_loss, "lr": lr, "img_per_s": imgs_per_s, "wall_s": self.wall_time()}
+        )
+        if bar.disable or not sys.stderr.isatty():  # plain lines for logs (a bar in a file is unreadable)
+            self._log(f"step {self.step}/{self.config.steps} loss {mean_loss:.5f} lr {lr:.2e} {imgs_per_s:.2f} img/s")
+
+    def _validate_and_checkpoint(self, bar: tqdm) -> Path | None:
+        """Validate and write a checkpoint when this step is due; returns the checkpoint written."""
+        cfg = self.config
+        final = self.step == cfg.steps
+        # the same decisions on every rank; the work happens on rank 0
+        validating = bool(cfg.val) and ((cfg.val_every and self.step % cfg.val_every == 0) or final)
+        saving = self.step % cfg.ckpt_every == 0 or final
+        if validating and self.val_pairs:
+            val = self.validate()
+            self._log_json(
+                {
+                    "step": self.step,
+                    "val_psnr": val["model_psnr"],
+                    "val_ssim": val.get("model_ssim"),
+                    "val_input_psnr": val["input_psnr"],
+                }
             )
-        autocast = (
-            torch.autocast(device_type=self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None else nullcontext()
-        )
-        loss_sum = torch.zeros((), device=self.device)
-        n_sum = 0
-        last_loss = float("nan")
-        t_log = time.perf_counter()
-        imgs_per_s = 0.0
-        last_ckpt = None
-        try:
-            for batch in loader:
-                x = batch["input"].to(self.device, non_blocking=True)
-                y = batch["target"].to(self.device, non_blocking=True)
-                with autocast:
-                    out = self.ddp(x)
-                loss = F.l1_loss(out.float(), y)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"loss is {loss.item()} at step {self.step + 1}; lower --lr or set --grad-clip "
-                        f"(last checkpoint: {ckpt.find_latest(self.ckpt_dir)})"
-                    )
-                self.optimizer.zero_grad(set_to_none=True)
-                self.scaler.scale(loss).backward()
-                if cfg.grad_clip > 0:
-                    self.scaler.unscale_(self.optimizer)
-                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                self.scheduler.step()
-                self.step += 1
-                loss_sum += loss.detach()
-                n_sum += 1
-                bar.update(1)
+            bar.clear()
+            self._log(
+                f"step {self.step}: validation PSNR {val['model_psnr']:.3f} dB "
+                f"(input {val['input_psnr']:.3f} dB) on {len(self.val_pairs)} image(s)"
+            )
+        written = self.save_checkpoint() if saving else None
+        if validating or saving:
+            barrier()  # the other ranks wait while rank 0 validates / writes
+        return written
 
-                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                    mean_loss = float(all_reduce_mean(loss_sum / n_sum))
-                    now = time.perf_counter()
-                    imgs_per_s = n_sum * global_batch / max(now - t_log, 1e-9)
-                    t_log, loss_sum, n_sum = now, torch.zeros((), device=self.device), 0
-                    last_loss = mean_loss
-                    lr = self.optimizer.param_groups[0]["lr"]
-                    bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{imgs_per_s:.1f}", lr=f"{lr:.2e}")
-                    self._log_json(
-                        {"step": self.step, "loss": mean_loss, "lr": lr, "img_per_s": imgs_per_s, "wall_s": self.wall_time()}
-                    )
-                    if bar.disable or not tty:  # plain lines for logs (a bar in a file is unreadable)
-                        self._log(f"step {self.step}/{cfg.steps} loss {mean_loss:.5f} lr {lr:.2e} {imgs_per_s:.2f} img/s")
-
-                # the same decisions on every rank; the writing happens on rank 0
-                sync = False
-                if cfg.val and ((cfg.val_every and self.step % cfg.val_every == 0) or self.step == cfg.steps):
-                    sync = True
-                    if self.val_pairs:
-                        val = self.validate()
-                        self._log_json({"step": self.step, "val_psnr": val["model_psnr"], "val_ssim": val.get("model_ssim"),
-                                        "val_input_psnr": val["input_psnr"]})
-                        bar.clear()
-                        self._log(
-                            f"step {self.step}: validation PSNR {val['model_psnr']:.3f} dB "
-                            f"(input {val['input_psnr']:.3f} dB) on {len(self.val_pairs)} image(s)"
-                        )
-                if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
-                    sync = True
-                    last_ckpt = self.save_checkpoint()
-                if sync:
-                    barrier()  # the other ranks wait while rank 0 validates / writes
-                for hook in self.hooks:
-                    hook(self, self.step)
-        finally:
-            bar.close()
-
+    def _finish(self, last_ckpt: Path | None, last_loss: float) -> dict:
+        """Write the final weights (rank 0) and sum the run up."""
+        cfg = self.config
         if self.step < cfg.steps:  # pragma: no cover - the loader always yields every step
             raise RuntimeError(f"training stopped at step {self.step} of {cfg.steps}")
-        if last_ckpt is None and dist_.is_main and self.step == cfg.steps:
+        if last_ckpt is None and self.dist.is_main:
             # nothing ran (resumed a finished run): make sure the final checkpoint exists
             last_ckpt = ckpt.find_latest(self.ckpt_dir) or self.save_checkpoint()
         weights = None
-        if dist_.is_main:
-            from ..models import save_weights
-
+        if self.dist.is_main:
             meta = self._weights_metadata()
             meta["tri_panet.train.wall_time_s"] = f"{self.wall_time():.1f}"
             weights = save_weights(self.model, self.weights_path, metadata=meta, overwrite=True)
@@ -666,11 +499,50 @@ class Trainer:
         }
 
 
-_RESUME_IGNORED = {"resume", "steps", "val_every", "ckpt_every", "log_every", "progress", "keep_checkpoints", "num_workers",
-                   "val", "val_limit", "val_crop", "val_tile", "val_sigma", "val_quality", "threads", "device"}
+class _LossWindow:
+    """The losses since the last log line: summed on the device (no sync per step)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.last_mean = float("nan")
+        self._reset()
+
+    def _reset(self) -> None:
+        self.total = torch.zeros((), device=self.device)
+        self.steps = 0
+        self.t0 = time.perf_counter()
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.total += loss
+        self.steps += 1
+
+    def take(self) -> tuple[float, float, int]:
+        """(mean loss over the window and all ranks, seconds, steps), then start a new window."""
+        mean = float(all_reduce_mean(self.total / self.steps))
+        seconds, steps = time.perf_counter() - self.t0, self.steps
+        self.last_mean = mean
+        self._reset()
+        return mean, seconds, steps
+
+
+#: Settings that may change when resuming without changing the training itself (besides
+#: every validation setting, ``val*``).
+_RESUME_IGNORED = {
+    "resume",
+    "steps",
+    "ckpt_every",
+    "log_every",
+    "progress",
+    "keep_checkpoints",
+    "num_workers",
+    "threads",
+    "device",
+    "out",
+}
 
 
 def _changed_settings(old: dict, new: dict) -> list[str]:
     """Settings that change the training itself between a checkpoint and a resumed run."""
-    return sorted(k for k in new if k not in _RESUME_IGNORED and k in old and old[k] != new[k])
-
+    return sorted(
+        k for k in new if k not in _RESUME_IGNORED and not k.startswith("val") and k in old and old[k] != new[k]
+    )

@@ -1,10 +1,11 @@
-"""Training/validation dataset: clean images in, (degraded input, clean target) pairs out."""
+"""The training dataset: clean images in, (degraded input, clean target) patches out."""
 
 from __future__ import annotations
 
 import os
+import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from numbers import Integral
 from pathlib import Path
 
@@ -12,20 +13,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .degradations import SR_SCALES, TASKS, make_degradation
-from .io import array_to_tensor, list_images, read_image_array
+from .._text import listing
+from ..data.degradations import Degradation
+from ..data.io import ImageHeader, array_to_tensor, list_images, read_header, read_image_array
+from ..data.seeding import sample_generator
+from ..tasks import SCALED_TASKS, get_task
 
-__all__ = ["RestorationDataset", "sample_generator"]
-
-
-def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
-    """A CPU generator seeded from (seed, epoch, index) through numpy's SeedSequence, so
-    that nearby triples give unrelated streams and the result does not depend on which
-    worker process draws the sample."""
-    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(epoch), int(index)]).generate_state(2, np.uint32)
-    g = torch.Generator()
-    g.manual_seed(int(state[0]) << 31 ^ int(state[1]))
-    return g
+__all__ = ["RestorationDataset"]
 
 
 def _symmetric_crop(img: torch.Tensor, top: int, left: int, height: int, width: int) -> torch.Tensor:
@@ -48,15 +42,16 @@ class RestorationDataset(Dataset):
     made on the fly from a folder (or list of folders) of clean images.
 
     Args:
-        root: folder or list of folders of images (see :func:`list_images`).
-        task: "denoise", "jpeg", "demosaic" or "sr".
+        root: folder or list of folders of images (see :func:`~tri_panet.data.io.list_images`).
+        task: a key of :data:`tri_panet.tasks.TASKS` ("denoise", "jpeg", "demosaic", "sr").
         patch_size: side of the INPUT patch (for sr the target is patch_size * scale);
             ``None`` uses whole images (validation; use batch size 1), cropped to a
             multiple of ``scale`` for sr.
         color: RGB (3 channels) or grey (1 channel, Pillow luma; not for demosaic).
-        degradation: a callable ``degrade(clean, generator)`` such as
-            :func:`make_degradation` returns. Default: demosaic -> the RGGB mosaic;
-            sr -> MATLAB bicubic at ``scale``; denoise/jpeg need one (ValueError).
+        degradation: a :class:`~tri_panet.data.degradations.Degradation` of ``task``
+            (``tri_panet.tasks.make_degradation``). Default for the tasks without a
+            level: demosaic -> the RGGB mosaic, sr -> MATLAB bicubic at ``scale``;
+            denoise / jpeg need one (ValueError).
         scale: SR factor (2, 3 or 4) for sr, 1 otherwise; for sr it is taken from the
             degradation's ``scale`` when left at 1.
         augment: random horizontal/vertical flips and transposition (8 dihedral
@@ -80,53 +75,45 @@ class RestorationDataset(Dataset):
         *,
         patch_size: int | None = 48,
         color: bool = True,
-        degradation: Callable[..., torch.Tensor] | None = None,
+        degradation: Degradation | None = None,
         scale: int = 1,
         augment: bool = True,
         seed: int = 0,
         length: int | None = None,
         cache: bool = True,
     ) -> None:
-        if task not in TASKS:
-            raise ValueError(f"task must be one of {', '.join(map(repr, TASKS))}, got {task!r}")
+        spec = get_task(task)
         bad_patch = isinstance(patch_size, bool) or not isinstance(patch_size, Integral) or patch_size < 1
         if patch_size is not None and bad_patch:
             raise ValueError(f"patch_size must be a positive int or None, got {patch_size!r}")
         if isinstance(scale, bool) or not isinstance(scale, Integral):
             raise TypeError(f"scale must be an int, got {type(scale).__name__}")
-        if task == "demosaic" and not color:
-            raise ValueError("task 'demosaic' needs colour images (color=True)")
+        if not color and 1 not in (spec.degradation.channels or (1,)):
+            raise ValueError(f"task {task!r} needs colour images (color=True)")
         if length is not None and (isinstance(length, bool) or not isinstance(length, Integral) or length < 1):
             raise ValueError(f"length must be a positive int or None, got {length!r}")
         if isinstance(seed, bool) or not isinstance(seed, Integral):
             raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+        if degradation is not None and not isinstance(degradation, Degradation):
+            raise TypeError(f"degradation must be a Degradation (make_degradation), got {type(degradation).__name__}")
 
-        if task == "sr":
-            deg_scale = getattr(degradation, "scale", None)
-            if scale == 1 and deg_scale is not None:
-                scale = int(deg_scale)
-            if scale not in SR_SCALES:
-                raise ValueError(f"scale must be one of {SR_SCALES} for task 'sr', got {scale}")
-            if deg_scale is not None and deg_scale != scale:
-                raise ValueError(f"scale {scale} differs from the degradation's scale {deg_scale}")
-            if degradation is None:
-                degradation = make_degradation("sr", scale=scale)
-        else:
-            if scale != 1:
-                raise ValueError(f"scale applies to task 'sr' only; got scale={scale} for task {task!r}")
-            if degradation is None:
-                if task == "demosaic":
-                    degradation = make_degradation("demosaic")
-                else:
-                    raise ValueError(
-                        f"task {task!r} needs a degradation, e.g. make_degradation({task!r}, "
-                        + ("sigma_range=(0, 50))" if task == "denoise" else "quality_range=(10, 40))")
-                    )
-        deg_task = getattr(degradation, "task", task)
-        if deg_task != task:
-            raise ValueError(f"degradation is for task {deg_task!r}, not {task!r}")
-        if not callable(degradation):
-            raise TypeError(f"degradation must be callable, got {type(degradation).__name__}")
+        if spec.scaled:
+            if scale == 1 and degradation is not None:
+                scale = degradation.scale
+            if scale not in spec.scales:
+                raise ValueError(f"scale must be one of {spec.scales} for task {task!r}, got {scale}")
+            if degradation is not None and degradation.scale != scale:
+                raise ValueError(f"scale {scale} differs from the degradation's scale {degradation.scale}")
+        elif scale != 1:
+            scaled = " / ".join(map(repr, SCALED_TASKS))
+            raise ValueError(f"scale applies to task {scaled} only; got scale={scale} for task {task!r}")
+        if degradation is None:
+            if spec.level is not None:  # a level has no sensible default for training: blind or fixed?
+                example = f"{spec.level.name}_range={spec.level.blind}"
+                raise ValueError(f"task {task!r} needs a degradation, e.g. make_degradation({task!r}, {example})")
+            degradation = spec.make_degradation(**spec.fixed_params(scale=scale))
+        if degradation.task != task:
+            raise ValueError(f"degradation is for task {degradation.task!r}, not {task!r}")
 
         roots = [root] if isinstance(root, (str, os.PathLike)) else list(root)
         if not roots:
@@ -154,22 +141,52 @@ class RestorationDataset(Dataset):
             raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")
         self.epoch = int(epoch)
 
-    def _image(self, i: int) -> torch.Tensor:
+    def _array(self, i: int) -> np.ndarray:
+        """The decoded image ``i`` (from the cache when caching)."""
         arr = self._cache.get(i)
         if arr is None:
             arr = read_image_array(self.paths[i], color=self.color)
             if self.cache:
                 self._cache[i] = arr
-        return array_to_tensor(arr)
+        return arr
+
+    def _image(self, i: int) -> torch.Tensor:
+        return array_to_tensor(self._array(i))
+
+    def check_images(self, *, progress: bool = False) -> list[ImageHeader]:
+        """Decode every image once (filling the cache when caching), so that an unreadable
+        file fails before training rather than when it is first sampled; ValueError naming
+        every unreadable file. Returns their headers (what loading them loses:
+        :func:`~tri_panet.data.io.loss_notes`). ``progress``: a bar on stderr when it takes
+        more than two seconds."""
+        from tqdm.auto import tqdm
+
+        bad = []
+        bar = tqdm(
+            range(len(self.paths)),
+            desc="checking images",
+            unit="img",
+            delay=2.0,
+            leave=False,
+            disable=not progress,
+            file=sys.stderr,
+        )
+        for i in bar:
+            try:
+                self._array(i)
+            except ValueError as e:
+                bad.append(str(e).removeprefix("cannot read image "))
+        if bad:
+            listed = listing(bad, sep="; ")
+            raise ValueError(f"{len(bad)} of {len(self.paths)} training images cannot be read: {listed}")
+        return [read_header(p) for p in self.paths]
 
     def _crop(self, img: torch.Tensor, g: torch.Generator, i: int) -> torch.Tensor:
         h, w = img.shape[-2:]
-        if self.patch_size is None:
-            if self.task == "sr":
-                if h < self.scale or w < self.scale:
-                    raise ValueError(f"image {str(self.paths[i])!r} ({h}x{w}) is smaller than scale {self.scale}")
-                img = img[:, : h - h % self.scale, : w - w % self.scale]
-            return img
+        if self.patch_size is None:  # the whole image, cropped to a multiple of the SR factor
+            if h < self.scale or w < self.scale:
+                raise ValueError(f"image {str(self.paths[i])!r} ({h}x{w}) is smaller than scale {self.scale}")
+            return img[:, : h - h % self.scale, : w - w % self.scale]
         size = self.patch_size * self.scale
         if (h < size or w < size) and i not in self._warned_small:
             self._warned_small.add(i)

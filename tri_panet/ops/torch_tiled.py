@@ -26,36 +26,81 @@ one-row tile of a 192 px image).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from .library import pyramid_attention_op, register_implementation
+from .custom_op import define_op, lse_dtype
 
-#: Bytes that the [rows, cols, keys] scratch tiles may take together (env TRI_PANET_TILE_MB).
+#: Bytes the score tiles of one call may take (env TRI_PANET_TILE_MB, read at import; 128 MiB
+#: was the fastest of 16-256 MiB at 96 and 128 px on the project's CPU). Override per call
+#: with ``tile_bytes=`` or for a block of code with :func:`tile_budget`.
 DEFAULT_TILE_BYTES = int(float(os.environ.get("TRI_PANET_TILE_MB", "128")) * 2**20)
 
-# Scratch tiles alive at once, counting the per-level temporaries: forward, backward.
+# How many [rows, cols, keys]-sized buffers are alive at once; the tile is sized so that this
+# many fit the budget. Forward: the score tile, plus two per-level temporaries (the Gram matrix
+# and its column sums in _patch_scores, or the two shifted copies in _paste_box_sum), each at
+# most one level's share of the keys (all of them for a one-level pyramid, ~30 % of them for
+# PANet's five levels; times the halo (rows + 2r)(cols + 2r) / (rows cols)): 1 + 2 = 3.
+# Backward: three full tiles (raw scores, probabilities, their gradient) plus the same two
+# temporaries, and one more of headroom for the halo: 3 + 2 + 1 = 6.
 _FORWARD_TILES = 3
 _BACKWARD_TILES = 6
 
+#: The budget set by :func:`tile_budget` (None: DEFAULT_TILE_BYTES). A module global rather than
+#: a context variable, because torch.compile can read (and guard on) a global.
+_budget_override: int | None = None
+
+
+def check_tile_bytes(tile_bytes: object) -> int:
+    """Return ``tile_bytes`` if it is a positive int (bytes), else raise naming it."""
+    if isinstance(tile_bytes, bool) or not isinstance(tile_bytes, int):
+        raise TypeError(f"tile_bytes must be an int (bytes), got {type(tile_bytes).__name__}")
+    if tile_bytes <= 0:
+        raise ValueError(f"tile_bytes must be > 0, got {tile_bytes}")
+    return tile_bytes
+
+
+@contextlib.contextmanager
+def tile_budget(tile_bytes: int) -> Iterator[None]:
+    """Within the block, the torch path sizes its score tiles for ``tile_bytes`` bytes (calls that
+    pass ``tile_bytes=`` themselves keep theirs). Process-wide while active, not per thread.
+
+    Larger budgets mean fewer, larger tiles: on a GPU, where a tile costs dozens of kernel
+    launches, 1 GiB or more is much faster for large images than the CPU-tuned default.
+    """
+    global _budget_override
+    saved, _budget_override = _budget_override, check_tile_bytes(tile_bytes)
+    try:
+        yield
+    finally:
+        _budget_override = saved
+
+
+def current_tile_bytes() -> int:
+    """The budget calls without ``tile_bytes=`` use now: :func:`tile_budget`'s, else the default."""
+    return DEFAULT_TILE_BYTES if _budget_override is None else _budget_override
+
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Dtype the torch backend computes in for inputs of ``dtype`` (half types: float32)."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+    """Dtype the torch path computes in for inputs of ``dtype`` (half types: float32)."""
+    return lse_dtype(dtype)
 
 
-def query_tile_shape(height: int, width: int, n_keys: int, buffers: int, elem_bytes: int, budget: int,
-                     min_queries: int = 1) -> tuple[int, int]:
+def query_tile_shape(
+    height: int, width: int, n_keys: int, buffers: int, elem_bytes: int, budget: int, min_queries: int = 1
+) -> tuple[int, int]:
     """(rows, cols) of a query tile: ``buffers`` [rows, cols, n_keys] tiles fit in ``budget`` bytes.
 
-    As square as the image allows (the halo overhead is smallest for squares), of about
-    ``min_queries`` queries or more whatever the budget, and balanced so that the last tile
-    of a row or column is not a sliver.
+    As square as the image allows (the halo overhead is smallest for squares) and balanced so
+    that the last tile of a row or column is not a sliver. The tile holds at least
+    ``min_queries`` queries (the torch path asks for 1), so the budget holds whenever it can
+    hold one query's ``buffers * n_keys * elem_bytes`` bytes.
     """
     queries = max(1, min_queries, budget // max(1, n_keys * elem_bytes * buffers))
     cols = min(width, max(1, math.isqrt(queries)))
@@ -64,11 +109,11 @@ def query_tile_shape(height: int, width: int, n_keys: int, buffers: int, elem_by
     return _balanced(height, rows), _balanced(width, cols)
 
 
-def _min_tile_queries(x: torch.Tensor) -> int:
-    """Fewest queries per tile on ``x``'s device. On a GPU a tile's cost is dozens of kernel
-    launches rather than its halo FLOPs, so tiles keep at least one image row of queries
-    (what the row-tiled version of this backend used); on a CPU, one query."""
-    return x.shape[-1] if x.device.type == "cuda" else 1
+def tile_shape(query: torch.Tensor, n_keys: int, buffers: int, tile_bytes: int) -> tuple[int, int]:
+    """(rows, cols) of the query tiles for ``query`` [B, C, H, W] and ``n_keys`` keys: ``buffers``
+    [rows, cols, n_keys] tiles of the compute dtype fit ``tile_bytes`` (the same on every device)."""
+    elem_bytes = torch.finfo(compute_dtype(query.dtype)).bits // 8
+    return query_tile_shape(query.shape[2], query.shape[3], n_keys, buffers, elem_bytes, tile_bytes)
 
 
 def _balanced(size: int, tile: int) -> int:
@@ -166,7 +211,9 @@ def _prepare_levels(keys, values, b: int, k: int, dtype: torch.dtype) -> list[_L
     return levels
 
 
-def _inverse_norms(keys, b: int, k: int, softmax_scale: float, key_eps: float, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def _inverse_norms(
+    keys, b: int, k: int, softmax_scale: float, key_eps: float, dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(softmax_scale / max(norm, eps), norm) of all key patches of image ``b``, flat [keys]."""
     norms = torch.cat([_patch_norms(key[b].to(dtype), k).flatten() for key in keys])
     return softmax_scale / norms.clamp_min(key_eps), norms
@@ -179,8 +226,9 @@ def _window_pixels(padded: torch.Tensor, y0: int, x0: int, rows: int, cols: int,
     return window.reshape(window.shape[0], -1).t()
 
 
-def _patch_scores(pixels: torch.Tensor, maps: list[torch.Tensor], levels: list[_Level], k: int,
-                  out: torch.Tensor) -> None:
+def _patch_scores(
+    pixels: torch.Tensor, maps: list[torch.Tensor], levels: list[_Level], k: int, out: torch.Tensor
+) -> None:
     """Patch inner products of a tile of queries with every patch of every level, into ``out`` [rows, cols, keys].
 
     ``pixels``: the tile's window from a map padded by r, [(rows + 2r) * (cols + 2r), C];
@@ -202,7 +250,8 @@ def _pasted_levels(weights: torch.Tensor, levels: list[_Level], k: int):
 
 
 def _add_window(padded: torch.Tensor, y0: int, x0: int, rows: int, cols: int, r: int, pixels: torch.Tensor) -> None:
-    """Accumulate window ``pixels`` [(rows + 2r) * (cols + 2r), C] into a channel-last padded map [H + 2r, W + 2r, C]."""
+    """Accumulate window ``pixels`` [(rows + 2r) * (cols + 2r), C] into a channel-last padded map
+    [H + 2r, W + 2r, C]."""
     padded[y0 : y0 + rows + 2 * r, x0 : x0 + cols + 2 * r] += pixels.view(rows + 2 * r, cols + 2 * r, -1)
 
 
@@ -218,7 +267,7 @@ def _level_tile(tile: torch.Tensor, level: _Level) -> torch.Tensor:
     return tile[:, :, level.keys].view(tile.shape[0], tile.shape[1], level.height, level.width)
 
 
-def tiled_forward(
+def forward(
     query: torch.Tensor,
     keys: Sequence[torch.Tensor],
     values: Sequence[torch.Tensor],
@@ -232,14 +281,14 @@ def tiled_forward(
     """Forward pass: returns (out [B, Cv, H, W] in query's dtype, lse [B, H*W] float32/64).
 
     ``lse`` is the natural-log sum of exp(softmax_scale * <q, k_hat>) over all keys of each
-    query: all a backward needs to rebuild the attention weights tile by tile.
+    query: all a backward needs to rebuild the attention weights tile by tile. ``tile_bytes``:
+    the budget of the score tiles (see :func:`pyramid_attention_torch`).
     """
     dtype = compute_dtype(query.dtype)
     k, r = patch_size, patch_size // 2
     batch, _, height, width = query.shape
     n_keys = sum(x.shape[2] * x.shape[3] for x in keys)
-    rows, cols = query_tile_shape(height, width, n_keys, _FORWARD_TILES, torch.finfo(dtype).bits // 8, tile_bytes,
-                                  _min_tile_queries(query))
+    rows, cols = tile_shape(query, n_keys, _FORWARD_TILES, tile_bytes)
     scores_buffer = query.new_empty(rows * cols * n_keys, dtype=dtype)
     lse = query.new_empty(batch, height, width, dtype=dtype)
     out = query.new_zeros(batch, height + 2 * r, width + 2 * r, values[0].shape[1], dtype=dtype)
@@ -265,7 +314,7 @@ def tiled_forward(
     return result.to(query.dtype).contiguous(), lse.view(batch, -1)
 
 
-def tiled_backward(
+def backward(
     grad_out: torch.Tensor,
     query: torch.Tensor,
     keys: Sequence[torch.Tensor],
@@ -287,8 +336,7 @@ def tiled_backward(
     k, r = patch_size, patch_size // 2
     batch, _, height, width = query.shape
     n_keys = sum(x.shape[2] * x.shape[3] for x in keys)
-    rows, cols = query_tile_shape(height, width, n_keys, _BACKWARD_TILES, torch.finfo(dtype).bits // 8, tile_bytes,
-                                  _min_tile_queries(query))
+    rows, cols = tile_shape(query, n_keys, _BACKWARD_TILES, tile_bytes)
     raw_buffer = query.new_empty(rows * cols * n_keys, dtype=dtype)
     probs_buffer = torch.empty_like(raw_buffer)
     grad_buffer = torch.empty_like(raw_buffer)
@@ -346,7 +394,8 @@ def tiled_backward(
     )
 
 
-register_implementation("torch", tiled_forward, tiled_backward)
+#: tri_panet::torch_pyramid_attention_forward / _backward
+_OP = define_op("torch", forward, backward, options=[("tile_bytes", int)])
 
 
 def pyramid_attention_torch(
@@ -363,10 +412,20 @@ def pyramid_attention_torch(
     """Tiled pyramid attention with recomputing backward; same contract as the reference.
 
     query [B, Cq, H, W], keys[l] [B, Cq, H_l, W_l], values[l] [B, Cv, H_l, W_l] -> [B, Cv, H, W].
-    ``tile_bytes`` bounds the score tiles (default ``DEFAULT_TILE_BYTES``); whatever the
-    budget, a tile holds at least one query (on CUDA about one image row of them).
+    Deterministic on every device (no atomics): the same inputs give the same bits.
+
+    ``tile_bytes`` (default: :func:`tile_budget`'s, else ``DEFAULT_TILE_BYTES`` = 128 MiB) bounds
+    the score tiles, on every device alike: the query tile is sized so that 3 (forward) or 6
+    (backward) [rows, cols, keys] buffers of the compute dtype (float32; float64 for float64)
+    fit. Where the bound is not exact: a tile holds at least one query, so a budget below one
+    query's 3 or 6 x keys x 4 (8) bytes is exceeded; the two per-level temporaries are counted
+    as one tile each, while they are the largest level's share of the keys times the halo
+    factor (rows + 2r)(cols + 2r) / (rows cols): less for PANet's five levels (30 % of the keys
+    in the largest) from 3 x 3 tiles up, up to 1.3x more for a single level with 14 x 14
+    tiles. Memory proportional to the inputs (padded copies, output, gradients) comes on top.
     """
-    return pyramid_attention_op(
+    tile_bytes = current_tile_bytes() if tile_bytes is None else check_tile_bytes(tile_bytes)
+    return _OP(
         query,
         keys,
         values,
@@ -374,6 +433,5 @@ def pyramid_attention_torch(
         softmax_scale=softmax_scale,
         key_eps=key_eps,
         fold_divisor=fold_divisor,
-        tile_bytes=DEFAULT_TILE_BYTES if tile_bytes is None else int(tile_bytes),
-        implementation="torch",
+        tile_bytes=tile_bytes,
     )

@@ -35,7 +35,7 @@ def pyramid_attention_reference(
     key_eps: float = 1e-4,
     fold_divisor: float = 4.0,
 ) -> torch.Tensor:
-    """Pyramid attention by brute force (SPEC section 1); inputs are not validated here.
+    """Pyramid attention by brute force (see ``pyramid_attention``); inputs are not validated here.
 
     query [B, Cq, H, W], keys[l] [B, Cq, H_l, W_l], values[l] [B, Cv, H_l, W_l];
     returns [B, Cv, H, W]. Half-precision inputs are computed in float32 and cast back.
