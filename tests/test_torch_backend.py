@@ -145,12 +145,12 @@ def test_tile_budget_holds_on_every_device(device, dtype):
     GPU tensor is simulated (FakeTensorMode: shape and device only), so this runs without one."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from tri_panet.ops.torch_tiled import _BACKWARD_TILES, _FORWARD_TILES, tile_shape
+    from tri_panet.ops.torch_tiled import BACKWARD_TILES, FORWARD_TILES, tile_shape
 
     with FakeTensorMode():
         query = torch.empty(1, 32, 512, 512, device=device, dtype=dtype)
     n_keys, budget = 865_000, 2**27  # PANet at 512 px, the default 128 MiB
-    for buffers in (_FORWARD_TILES, _BACKWARD_TILES):
+    for buffers in (FORWARD_TILES, BACKWARD_TILES):
         rows, cols = tile_shape(query, n_keys, buffers, budget)
         assert buffers * rows * cols * n_keys * (8 if dtype == torch.float64 else 4) <= budget, (rows, cols)
 

@@ -39,7 +39,7 @@ from .models import describe, model_complexity
 from .models.complexity import attention_flops
 from .nn import PyramidAttention
 from .ops import resolve_backend
-from .ops.torch_tiled import _BACKWARD_TILES, _FORWARD_TILES, current_tile_bytes, query_tile_shape
+from .ops.torch_tiled import BACKWARD_TILES, FORWARD_TILES, current_tile_bytes, query_tile_shape
 from .resize import level_size
 
 __all__ = [
@@ -217,7 +217,7 @@ class CostModel:
             (
                 _LIVE_MAPS * b.channels * h * w
                 + self._embedding_elements(b, h, w)
-                + (self._tile_elements(b, h, w, _FORWARD_TILES) if torch_path else 0)
+                + (self._tile_elements(b, h, w, FORWARD_TILES) if torch_path else 0)
                 for b, torch_path in zip(self.blocks, self.torch_path)
             ),
             default=0.0,
@@ -260,7 +260,7 @@ class CostModel:
         kept += sum(self._embedding_elements(b, patch, patch) for b in self.blocks)
         tiles = max(
             (
-                self._tile_elements(b, patch, patch, _BACKWARD_TILES)  # one call's, whatever the batch
+                self._tile_elements(b, patch, patch, BACKWARD_TILES)  # one call's, whatever the batch
                 for b, torch_path in zip(self.blocks, self.torch_path)
                 if torch_path
             ),

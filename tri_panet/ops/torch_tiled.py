@@ -49,8 +49,8 @@ DEFAULT_TILE_BYTES = int(float(os.environ.get("TRI_PANET_TILE_MB", "128")) * 2**
 # PANet's five levels; times the halo (rows + 2r)(cols + 2r) / (rows cols)): 1 + 2 = 3.
 # Backward: three full tiles (raw scores, probabilities, their gradient) plus the same two
 # temporaries, and one more of headroom for the halo: 3 + 2 + 1 = 6.
-_FORWARD_TILES = 3
-_BACKWARD_TILES = 6
+FORWARD_TILES = 3
+BACKWARD_TILES = 6
 
 #: The budget set by :func:`tile_budget` (None: DEFAULT_TILE_BYTES). A module global rather than
 #: a context variable, because torch.compile can read (and guard on) a global.
@@ -288,7 +288,7 @@ def forward(
     k, r = patch_size, patch_size // 2
     batch, _, height, width = query.shape
     n_keys = sum(x.shape[2] * x.shape[3] for x in keys)
-    rows, cols = tile_shape(query, n_keys, _FORWARD_TILES, tile_bytes)
+    rows, cols = tile_shape(query, n_keys, FORWARD_TILES, tile_bytes)
     scores_buffer = query.new_empty(rows * cols * n_keys, dtype=dtype)
     lse = query.new_empty(batch, height, width, dtype=dtype)
     out = query.new_zeros(batch, height + 2 * r, width + 2 * r, values[0].shape[1], dtype=dtype)
@@ -336,7 +336,7 @@ def backward(
     k, r = patch_size, patch_size // 2
     batch, _, height, width = query.shape
     n_keys = sum(x.shape[2] * x.shape[3] for x in keys)
-    rows, cols = tile_shape(query, n_keys, _BACKWARD_TILES, tile_bytes)
+    rows, cols = tile_shape(query, n_keys, BACKWARD_TILES, tile_bytes)
     raw_buffer = query.new_empty(rows * cols * n_keys, dtype=dtype)
     probs_buffer = torch.empty_like(raw_buffer)
     grad_buffer = torch.empty_like(raw_buffer)
