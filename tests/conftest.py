@@ -29,3 +29,11 @@ def shared_data():
     if not os.path.isdir(path):
         pytest.skip("../shared/data is not present (only on the project's machines)")
     return path
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    """A tiny denoising model whose tail is not zero (so it is not the identity), saved once per module."""
+    from tiny_model import save_tiny_denoiser
+
+    return save_tiny_denoiser(tmp_path_factory.mktemp("w"))

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from tiny_model import TINY
 from torch import nn
 
 from tri_panet import attention_figure
@@ -16,8 +17,6 @@ from tri_panet.attention_map import attention_input, attention_weights, feature_
 from tri_panet.cli import main
 from tri_panet.models import RestorationModel, create, describe, save_weights
 from tri_panet.nn import PyramidAttention
-
-TINY = {"n_feats": 8, "n_resblocks": 2, "scales": [1.0, 0.5]}
 
 
 def _reference_attention(block: PyramidAttention, x: torch.Tensor) -> list[torch.Tensor]:

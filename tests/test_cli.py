@@ -17,20 +17,8 @@ from tri_panet.cli import main
 from tri_panet.data import add_gaussian_noise, sample_generator
 from tri_panet.data.io import load_image
 from tri_panet.metrics import psnr
-from tri_panet.models import create, save_weights
 
-TINY = {"n_feats": 8, "n_resblocks": 2, "scales": [1.0, 0.5]}
 SUBCOMMANDS = ("restore", "eval", "train", "finetune", "demo", "models", "attention-map")
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    """A tiny denoising model whose tail is not zero (so it is not the identity)."""
-    torch.manual_seed(1)
-    model = create("tiny-denoise", **TINY)
-    with torch.no_grad():
-        model.tail[0].weight.normal_(0, 1e-2)
-    return save_weights(model, tmp_path_factory.mktemp("w") / "tiny.safetensors")
 
 
 @pytest.fixture

@@ -19,26 +19,16 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from test_cli import _one_line_error, _run
+from tiny_model import TINY
 
 from tri_panet.cli import main
-from tri_panet.models import create, read_metadata, save_weights
+from tri_panet.models import read_metadata
 
-TINY = {"n_feats": 8, "n_resblocks": 2, "scales": [1.0, 0.5]}
 TRAIN = (
     "task = 'denoise'\nsteps = 2\nbatch_size = 2\npatch_size = 16\nlr = 1e-3\nthreads = 1\nprogress = false\n"
     "ckpt_every = 1\nlog_every = 1\n"
 )
 MODEL_ARGS = "[model_args]\nn_feats = 8\nn_resblocks = 2\nscales = [1.0, 0.5]\n"
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    """A tiny denoiser that is not the identity."""
-    torch.manual_seed(1)
-    model = create("tiny-denoise", **TINY)
-    with torch.no_grad():
-        model.tail[0].weight.normal_(0, 1e-2)
-    return save_weights(model, tmp_path_factory.mktemp("w") / "tiny.safetensors")
 
 
 def _photo(i: int, size: int = 24) -> np.ndarray:

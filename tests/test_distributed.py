@@ -10,10 +10,9 @@ import pytest
 import torch
 import torch.distributed as dist
 from PIL import Image
+from tiny_model import TINY
 
 from tri_panet.training import TrainConfig, Trainer, dist_info, init_distributed, launch_cpu
-
-TINY = {"n_feats": 8, "n_resblocks": 2, "scales": [1.0, 0.5]}
 
 
 def _config(data: str, out: str, batch_size: int) -> TrainConfig:

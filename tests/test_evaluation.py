@@ -12,6 +12,7 @@ import sys
 import pytest
 import torch
 from PIL import Image
+from tiny_model import TINY as TINY_DENOISER
 
 from tri_panet import baselines
 from tri_panet.cli import main
@@ -22,7 +23,7 @@ from tri_panet.models import create, describe, save_weights
 from tri_panet.tasks import get_task
 
 # the reference backend: the fastest on images this small
-TINY = {"n_feats": 8, "n_resblocks": 2, "scales": [1.0, 0.5], "backend": "reference"}
+TINY = {**TINY_DENOISER, "backend": "reference"}
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_model import TINY
 
 from tri_panet.data import add_gaussian_noise, sample_generator
 from tri_panet.evaluation import evaluate, prepare_eval_pairs
@@ -20,8 +21,6 @@ from tri_panet.models import build_model, create, load_weights, read_metadata
 from tri_panet.tasks import get_task, make_degradation
 from tri_panet.training import StepBatchSampler, TrainConfig, Trainer, find_latest, lr_factor
 from tri_panet.training import checkpoint as ckpt
-
-TINY = {"n_feats": 8, "n_resblocks": 2, "scales": [1.0, 0.5]}
 
 
 def _photo(name: str, top: int, left: int, size: int) -> np.ndarray:

@@ -109,6 +109,21 @@ def process_settings(args: argparse.Namespace) -> Iterator[None]:
 # ---------------------------------------------------------------------------------------
 
 
+def add_tiling_flags(p, *, default_tile: str | int = "auto") -> None:
+    """--tile (default ``default_tile``) and --tile-overlap, on a parser or an argument group."""
+    p.add_argument(
+        "--tile",
+        type=tile_value,
+        default=default_tile,
+        metavar="N",
+        help="restore in N x N tiles; auto: the whole image or the largest tile that is quick on the "
+        f"device; 0: the whole image, on purpose (default: {default_tile})",
+    )
+    p.add_argument(
+        "--tile-overlap", type=non_negative_int, default=16, metavar="N", help="overlap of tiles in px (default: 16)"
+    )
+
+
 def add_model_flags(p: argparse.ArgumentParser) -> None:
     """--model, --weights, --backend, --device, --dtype and the tiling flags of restore / eval."""
     g = p.add_argument_group("model")
@@ -119,17 +134,7 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--backend", default="auto", help="attention backend (default: auto)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     g.add_argument("--dtype", choices=tuple(DTYPES), default="fp32", help="fp16/bf16 autocast (GPU) (default: fp32)")
-    g.add_argument(
-        "--tile",
-        type=tile_value,
-        default="auto",
-        metavar="N",
-        help="restore in N x N tiles; auto: the whole image or the largest tile that is quick on the "
-        "device (default); 0: the whole image, on purpose",
-    )
-    g.add_argument(
-        "--tile-overlap", type=non_negative_int, default=16, metavar="N", help="overlap of tiles in px (default: 16)"
-    )
+    add_tiling_flags(g)
     g.add_argument("--self-ensemble", action="store_true", help="average over the 8 flips/transposes (x8 time)")
     add_threads_flag(p)
     add_large_images_flag(p)

@@ -6,7 +6,7 @@ import argparse
 
 from ..demo import run_demo
 from ..device import resolve_device
-from .common import add_threads_flag, non_negative_int, tile_value
+from .common import add_threads_flag, add_tiling_flags
 
 
 def add_parser(sub) -> None:
@@ -22,16 +22,7 @@ def add_parser(sub) -> None:
     p.add_argument("--size", type=int, default=256, metavar="N", help="resize the photo to N x N (default 256)")
     p.add_argument("--image", default="astronaut", help="skimage.data photo: astronaut, coffee, chelsea, ...")
     p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
-    p.add_argument(
-        "--tile",
-        type=tile_value,
-        default=64,
-        metavar="N",
-        help="restore in N x N tiles (default 64; auto: as restore picks; 0: the whole image)",
-    )
-    p.add_argument(
-        "--tile-overlap", type=non_negative_int, default=16, metavar="N", help="tile overlap in px (default 16)"
-    )
+    add_tiling_flags(p, default_tile=64)
     p.add_argument("--weights", metavar="FILE", help="use this .safetensors instead of the bundled weights")
     p.add_argument("--device", default="cpu", help="cpu, cuda, auto (default cpu)")
     p.add_argument("--force", action="store_true", help="overwrite an existing picture")
