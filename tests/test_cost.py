@@ -5,6 +5,7 @@ on an image: the estimates come from the sizes (and one meta-device trace)."""
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 import pytest
 import torch
@@ -43,6 +44,21 @@ def test_the_attention_cost_follows_from_the_sizes(tiny):
     assert tiled.peak_bytes < 3 * GiB and tiled.seconds < 6 * 3600
 
 
+def test_a_model_that_attends_on_a_reduced_map_is_costed_on_that_map(tiny, memory):
+    # fast-denoise attends on a map of half the input's side: 1/16 of the pairs, twice the
+    # channels, so 1/8 of tiny-denoise's attention FLOPs at the same tile, and bigger
+    # tiles at the same budget (it was costed at the input size and got smaller tiles).
+    fast = CostModel(create("fast-denoise").eval(), torch.device("cpu"))
+    slow = CostModel(tiny, torch.device("cpu"))
+    assert fast.strides == [2] and slow.strides == [1]
+    att = [c.forward_flops(96, 96) - c.conv_flops * 96 * 96 for c in (fast, slow)]
+    assert att[1] / att[0] == pytest.approx(8, rel=0.05)
+    assert fast.auto_tile([(512, 512)]).tile == slow.auto_tile([(512, 512)]).tile == 64  # the models' cap
+    fast.info = replace(fast.info, tile=None)  # without it, the budget alone: bigger tiles than tiny-denoise's
+    assert fast.auto_tile([(512, 512)]).tile == 192
+    assert fast.auto_tile([(60, 60)]).tile is None and slow.auto_tile([(60, 60)]).tile is None  # within the cap: whole
+
+
 def test_auto_tile_is_the_whole_image_or_the_largest_cheap_tile(tiny, memory, monkeypatch):
     cpu = CostModel(tiny, torch.device("cpu"))
     assert cpu.auto_tile([(32, 32)]).tile is None  # small: whole, as restore did before
@@ -55,6 +71,8 @@ def test_auto_tile_is_the_whole_image_or_the_largest_cheap_tile(tiny, memory, mo
     memory(16 * GiB)
     gpu = CostModel(tiny, torch.device("cpu"))
     gpu.device = torch.device("cuda")  # the GPU's budget, without a GPU
+    assert gpu.auto_tile([(512, 512)]).tile == 64  # the model's cap holds on every device
+    gpu.info = replace(gpu.info, tile=None)  # a model without one: the GPU's budget alone
     assert gpu.auto_tile([(512, 512)]).tile is None and gpu.auto_tile([(4000, 3000)]).tile in (512, 768, 1024)
 
 

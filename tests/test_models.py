@@ -320,7 +320,8 @@ def test_complexity_leaves_the_model_alone():
     model = create("tiny-sr-x2", n_feats=8, n_resblocks=2, backend="torch")
     before = {k: v.clone() for k, v in model.state_dict().items()}
     c = model_complexity(model, (12, 12))
-    assert c["flops"] > 0
+    assert c["flops"] > 0 and c["attention_sizes"] == [(12, 12)]
+    assert model_complexity(create("fast-sr-x2", n_feats=8, n_resblocks=2), (12, 12))["attention_sizes"] == [(6, 6)]
     assert all(torch.equal(before[k], v) and v.device.type == "cpu" for k, v in model.state_dict().items())
     with pytest.raises(ValueError, match="size"):
         model_complexity(model, (12,))

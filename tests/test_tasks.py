@@ -47,8 +47,8 @@ def test_training_and_fixed_parameters():
 
 
 def test_describe():
-    assert describe(create("tiny-sr-x3", n_feats=8, n_resblocks=2)) == ModelInfo("tiny-sr-x3", "sr", 3, 3, 1)
-    assert describe(create("tiny-jpeg", n_feats=8, n_resblocks=2)) == ModelInfo("tiny-jpeg", "jpeg", 1, 1, 1)
+    assert describe(create("tiny-sr-x3", n_feats=8, n_resblocks=2)) == ModelInfo("tiny-sr-x3", "sr", 3, 3, 1, 64)
+    assert describe(create("tiny-jpeg", n_feats=8, n_resblocks=2)) == ModelInfo("tiny-jpeg", "jpeg", 1, 1, 1, 64)
     built = get_spec("panet-denoise").cls(n_feats=8, n_resblocks=2)  # from its class: no registry name
     assert describe(built) == ModelInfo(None, None, 1, 3, 1)
     assert describe(nn.Conv2d(3, 3, 1)) == ModelInfo() and describe(lambda x: x) == ModelInfo()

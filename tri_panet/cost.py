@@ -66,6 +66,8 @@ FLOPS_PER_SECOND = {"cpu": 50e9, "cuda": 20e12}
 #: cores at FLOPS_PER_SECOND) but not 96 x 96 (38 MFLOP/px); on a GPU 2 GFLOP/px admits
 #: the whole image up to about 0.7 Mpx (tiny models) or 0.35 Mpx (PANet). Per pixel, so
 #: that the choice does not depend on the image's size, nor on the load of the machine.
+#: The fast family (attention on a half-side map) would be admitted 192 px tiles (19
+#: MFLOP/px; 64 px: 3.2) but gains nothing from them: the model's ``tile`` caps the choice.
 AUTO_FLOPS_PER_PIXEL = {"cpu": 25e6, "cuda": 2e9}
 
 #: Tile sides ``--tile auto`` considers, largest first (after the whole image).
@@ -166,9 +168,13 @@ class CostModel:
     def __init__(self, model: nn.Module, device: torch.device, threads: int | None = None):
         self.device = device
         self.info = describe(model)
-        self.blocks = [m for m in model.modules() if isinstance(m, PyramidAttention)]
         ref = 64 + (-64) % self.info.multiple  # a size every model takes
         traced = model_complexity(model, (ref, ref))
+        blocks = [m for m in model.modules() if isinstance(m, PyramidAttention)]
+        # The blocks the forward calls, each with the stride of its map: the fast family
+        # attends on a map of half the input's side, at an eighth of the cost.
+        self.blocks = [b for b, size in zip(blocks, traced["attention_sizes"]) if size is not None]
+        self.strides = [ref // size[0] for size in traced["attention_sizes"] if size is not None]
         pixels = ref * ref
         self.conv_flops = traced["conv_flops"] / pixels  # per input pixel
         self.conv_inputs = traced["conv_input_elements"] / pixels
@@ -181,6 +187,14 @@ class CostModel:
         self.torch_path = [resolve_backend(b.backend, probe) == "torch" for b in self.blocks]
 
     # ------------------------------------------------------------------ one forward
+
+    def _attention_maps(self, h: int, w: int) -> list[tuple[PyramidAttention, int, int, bool]]:
+        """(block, map height, map width, runs the torch path) of every attention block
+        for an h x w input."""
+        return [
+            (b, -(-h // s), -(-w // s), torch_path)
+            for b, s, torch_path in zip(self.blocks, self.strides, self.torch_path)
+        ]
 
     @staticmethod
     def _keys(block: PyramidAttention, h: int, w: int) -> int:
@@ -206,7 +220,8 @@ class CostModel:
 
     def forward_flops(self, h: int, w: int) -> float:
         """Nominal FLOPs of one forward of a [1, C, h, w] input."""
-        return self.conv_flops * h * w + sum(attention_flops(b, (h, w)) for b in self.blocks)
+        attention = sum(attention_flops(b, (bh, bw)) for b, bh, bw, _ in self._attention_maps(h, w))
+        return self.conv_flops * h * w + attention
 
     def forward_bytes(self, h: int, w: int) -> float:
         """Peak bytes of one forward (no gradients) of a [1, C, h, w] input: the larger of
@@ -215,10 +230,10 @@ class CostModel:
         convs = 2 * self.largest_conv * h * w
         attention = max(
             (
-                _LIVE_MAPS * b.channels * h * w
-                + self._embedding_elements(b, h, w)
-                + (self._tile_elements(b, h, w, FORWARD_TILES) if torch_path else 0)
-                for b, torch_path in zip(self.blocks, self.torch_path)
+                _LIVE_MAPS * b.channels * bh * bw
+                + self._embedding_elements(b, bh, bw)
+                + (self._tile_elements(b, bh, bw, FORWARD_TILES) if torch_path else 0)
+                for b, bh, bw, torch_path in self._attention_maps(h, w)
             ),
             default=0.0,
         )
@@ -257,11 +272,12 @@ class CostModel:
         the maps the backward keeps (every conv's input, the attention's inputs and tiles)."""
         flops = 3.5 * batch * self.forward_flops(patch, patch)
         kept = _SAVED_PER_CONV_INPUT * self.conv_inputs * patch * patch
-        kept += sum(self._embedding_elements(b, patch, patch) for b in self.blocks)
+        maps = self._attention_maps(patch, patch)
+        kept += sum(self._embedding_elements(b, bh, bw) for b, bh, bw, _ in maps)
         tiles = max(
             (
-                self._tile_elements(b, patch, patch, BACKWARD_TILES)  # one call's, whatever the batch
-                for b, torch_path in zip(self.blocks, self.torch_path)
+                self._tile_elements(b, bh, bw, BACKWARD_TILES)  # one call's, whatever the batch
+                for b, bh, bw, torch_path in maps
                 if torch_path
             ),
             default=0.0,
@@ -275,17 +291,23 @@ class CostModel:
     ) -> Estimate:
         """The estimate of the tile ``--tile auto`` picks for images of ``sizes``: the whole
         image, else the largest of :data:`AUTO_TILES`, whose FLOPs per pixel stay within
-        :data:`AUTO_FLOPS_PER_PIXEL` and whose memory fits; if none is that cheap, the
-        cheapest that fits. ValueError (with the estimate) when nothing fits."""
+        :data:`AUTO_FLOPS_PER_PIXEL`, whose memory fits and which is no larger than the
+        model's ``tile`` (:class:`~tri_panet.models.ModelInfo`: larger ones would only be
+        slower); if none is that cheap, the cheapest that fits. ValueError (with the
+        estimate) when nothing fits."""
         largest = max(max(s) for s in sizes)
         m = self.info.multiple
-        sides = sorted({t - t % m for t in AUTO_TILES if t - t % m > overlap and t < largest}, reverse=True)
+        cap = self.info.tile or largest
+        sides = sorted(
+            {t - t % m for t in AUTO_TILES if t - t % m > overlap and t < largest and t <= cap}, reverse=True
+        )
+        whole = [None] if largest <= cap else []
         pixels = sum(h * w for h, w in sizes)
         budget = AUTO_FLOPS_PER_PIXEL.get(self.device.type, AUTO_FLOPS_PER_PIXEL["cpu"])
         memory = MEMORY_SHARE * available_memory(self.device)
         fitting = [
             e
-            for e in (self.restore_all(sizes, t, overlap, self_ensemble=self_ensemble) for t in [None, *sides])
+            for e in (self.restore_all(sizes, t, overlap, self_ensemble=self_ensemble) for t in [*whole, *sides])
             if e.peak_bytes <= memory
         ]
         if not fitting:
@@ -335,8 +357,9 @@ class CostModel:
         if not self.blocks:
             return "no attention"
         th, tw = (min(tile, h), min(tile, w)) if tile else (h, w)
-        keys = self._keys(self.blocks[0], th, tw)
-        return f"attention of {th * tw:,} queries x {keys:,} keys{' per tile' if tile else ''}"
+        block, bh, bw, _ = self._attention_maps(th, tw)[0]
+        keys = self._keys(block, bh, bw)
+        return f"attention of {bh * bw:,} queries x {keys:,} keys{' per tile' if tile else ''}"
 
 
 def plan_restore(

@@ -55,8 +55,13 @@ def model_complexity(model: nn.Module, size: tuple[int, int]) -> dict:
     summed (what training keeps for the backward), and ``largest_conv_elements``, the
     largest input + output elements of one conv (one batch element each).
 
+    And ``attention_sizes``: the (H, W) of the map each ``PyramidAttention`` block runs on,
+    in ``model.modules()`` order (None for a block the forward does not call): a model
+    that attends on a reduced map (the fast family: half the input's side) costs far less
+    than its input size suggests.
+
     Returns dict(params, trainable_params, flops, conv_flops, attention_flops,
-    flops_per_megapixel, conv_input_elements, largest_conv_elements).
+    flops_per_megapixel, conv_input_elements, largest_conv_elements, attention_sizes).
     """
     if (
         not isinstance(size, (tuple, list))
@@ -74,6 +79,8 @@ def model_complexity(model: nn.Module, size: tuple[int, int]) -> dict:
 
     meta = copy.deepcopy(model).to("meta")
     counts = {"conv": 0, "attention": 0, "inputs": 0, "largest": 0}
+    blocks = [m for m in meta.modules() if isinstance(m, PyramidAttention)]
+    attention_sizes: list[tuple[int, int] | None] = [None] * len(blocks)
 
     def conv_hook(mod: nn.Conv2d, inputs, output) -> None:
         kh, kw = mod.kernel_size
@@ -83,7 +90,7 @@ def model_complexity(model: nn.Module, size: tuple[int, int]) -> dict:
         counts["inputs"] += inputs[0].numel()
         counts["largest"] = max(counts["largest"], inputs[0].numel() + output.numel())
 
-    def attention_forward(block: PyramidAttention):
+    def attention_forward(block: PyramidAttention, index: int):
         def forward(x: torch.Tensor) -> torch.Tensor:
             # run the embeddings (their convs are counted by the hooks), count the op analytically
             block.conv_match_L_base(x)
@@ -91,6 +98,7 @@ def model_complexity(model: nn.Module, size: tuple[int, int]) -> dict:
                 block.conv_match(level)
                 block.conv_assembly(level)
             counts["attention"] += attention_flops(block, (x.shape[2], x.shape[3]))
+            attention_sizes[index] = (x.shape[2], x.shape[3])
             return x
 
         return forward
@@ -98,8 +106,8 @@ def model_complexity(model: nn.Module, size: tuple[int, int]) -> dict:
     for m in meta.modules():
         if isinstance(m, nn.Conv2d):
             m.register_forward_hook(conv_hook)
-        elif isinstance(m, PyramidAttention):
-            m.forward = attention_forward(m)  # instance attribute shadows the class forward
+    for index, block in enumerate(blocks):
+        block.forward = attention_forward(block, index)  # instance attribute shadows the class forward
     with torch.no_grad():
         meta(torch.empty(1, in_channels, h, w, device="meta"))
     total = counts["conv"] + counts["attention"]
@@ -112,4 +120,5 @@ def model_complexity(model: nn.Module, size: tuple[int, int]) -> dict:
         "flops_per_megapixel": total / (h * w) * 1e6,
         "conv_input_elements": counts["inputs"],
         "largest_conv_elements": counts["largest"],
+        "attention_sizes": attention_sizes,
     }

@@ -34,6 +34,8 @@ class ModelSpec:
     task: str  # a key of tri_panet.tasks.TASKS
     description: str
     defaults: dict = field(default_factory=dict)
+    #: The largest tile worth restoring in (``ModelInfo.tile``), None: no such limit.
+    tile: int | None = None
 
     @property
     def n_colors(self) -> int:
@@ -95,6 +97,9 @@ for _s in (2, 3, 4):
             {"scale": _s},
         )
     )
+# Trained on 32-48 px patches, the tiny and fast models restore no better in tiles above
+# 64 px, only slower (measured: tri_panet/weights/*.md, "Tile size").
+_SMALL_TILE = 64
 _register(
     ModelSpec(
         "tiny-denoise",
@@ -102,6 +107,7 @@ _register(
         "denoise",
         "Tiny PANet (32 feats, 8 ResBlocks), colour denoising, global residual",
         {"n_colors": 3},
+        tile=_SMALL_TILE,
     )
 )
 _register(
@@ -111,6 +117,7 @@ _register(
         "jpeg",
         "Tiny PANet (32 feats, 8 ResBlocks), JPEG on the Y channel, global residual",
         {"n_colors": 1},
+        tile=_SMALL_TILE,
     )
 )
 _register(
@@ -120,6 +127,7 @@ _register(
         "demosaic",
         "Tiny PANet (32 feats, 8 ResBlocks), RGGB demosaicing, global residual",
         {"n_colors": 3},
+        tile=_SMALL_TILE,
     )
 )
 for _s in (2, 3, 4):
@@ -130,6 +138,7 @@ for _s in (2, 3, 4):
             "sr",
             f"Tiny SR x{_s} (32 feats, 8 ResBlocks), pixel-shuffle tail + bicubic skip",
             {"scale": _s},
+            tile=_SMALL_TILE,
         )
     )
 # The fast family: the same body on a feature map pixel-unshuffled by 2 (attention ~16x cheaper per pixel).
@@ -141,6 +150,7 @@ _register(
         "denoise",
         "Fast tiny PANet (unshuffle 2, 64 feats, 8 ResBlocks), colour denoising",
         {"n_colors": 3, **_FAST},
+        tile=_SMALL_TILE,
     )
 )
 _register(
@@ -150,6 +160,7 @@ _register(
         "jpeg",
         "Fast tiny PANet (unshuffle 2, 64 feats, 8 ResBlocks), JPEG on the Y channel",
         {"n_colors": 1, **_FAST},
+        tile=_SMALL_TILE,
     )
 )
 _register(
@@ -159,6 +170,7 @@ _register(
         "demosaic",
         "Fast tiny PANet (unshuffle 2, 64 feats, 8 ResBlocks), RGGB demosaicing",
         {"n_colors": 3, **_FAST},
+        tile=_SMALL_TILE,
     )
 )
 for _s in (2, 3, 4):
@@ -169,6 +181,7 @@ for _s in (2, 3, 4):
             "sr",
             f"Fast tiny SR x{_s} (unshuffle 2, 64 feats, 8 ResBlocks), bicubic skip",
             {"scale": _s, **_FAST},
+            tile=_SMALL_TILE,
         )
     )
 
@@ -188,7 +201,7 @@ def get_spec(name: str) -> ModelSpec:
 
 
 def model_info(name: str) -> dict:
-    """What ``name`` is: dict(name, task, n_colors, scale, description, class, defaults)."""
+    """What ``name`` is: dict(name, task, n_colors, scale, description, class, defaults, tile)."""
     spec = get_spec(name)
     return {
         "name": spec.name,
@@ -198,6 +211,7 @@ def model_info(name: str) -> dict:
         "description": spec.description,
         "class": spec.cls.__name__,
         "defaults": dict(spec.defaults),
+        "tile": spec.tile,
     }
 
 
@@ -225,7 +239,8 @@ class ModelInfo:
     ``name`` / ``task``: the registry name and its task (None when the model was not built
     from the registry); ``scale``: output side / input side; ``n_colors``: the input (and
     output) channels, None when any count is taken; ``multiple``: H and W must be
-    multiples of it (``restore`` pads the image up to one).
+    multiples of it (``restore`` pads the image up to one); ``tile``: the largest tile
+    side worth restoring in (``--tile auto`` goes no larger), None: no limit but the cost.
     """
 
     name: str | None = None
@@ -233,6 +248,7 @@ class ModelInfo:
     scale: int = 1
     n_colors: int | None = None
     multiple: int = 1
+    tile: int | None = None
 
 
 def describe(model: object) -> ModelInfo:
@@ -252,4 +268,5 @@ def describe(model: object) -> ModelInfo:
         scale=model.scale,
         n_colors=model.n_colors,
         multiple=model.multiple,
+        tile=spec.tile if spec else None,
     )
