@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -158,6 +159,24 @@ def test_kill_and_resume_is_exact(images, tmp_path):
         assert torch.equal(pa[k], pc[k]), k
     # the oracle can fail: the state at the kill differs from the end state
     assert any(not torch.equal(after_kill[k], pa[k]) for k in pa)
+
+
+def test_a_run_in_stages_equals_one_run(images, tmp_path):
+    """--stop-at: a run of 5 steps stopped after step 3 (off the checkpoint grid) and
+    resumed ends bit-identical to one uninterrupted run, validation included."""
+    staged = dict(steps=5, val=str(images[1]), val_every=2)
+    a = Trainer(_config(images, tmp_path / "a", **staged))
+    a.fit()
+    first = Trainer(_config(images, tmp_path / "b", stop_at=3, **staged)).fit()
+    assert first["step"] == 3 and first["weights"] is None
+    assert Path(first["checkpoint"]).name == "step_00000003"
+    assert not (tmp_path / "b" / "model.safetensors").exists()
+    done = Trainer(_config(images, tmp_path / "b", resume=True, **staged)).fit()
+    assert done["step"] == 5 and Path(done["weights"]).exists()
+    pa, pb = _params(a.model), load_weights(done["weights"]).state_dict()
+    assert all(torch.equal(pa[k], pb[k]) for k in pa)
+    with pytest.raises(ValueError, match="stop_at must be at most steps"):
+        _config(images, tmp_path / "c", steps=4, stop_at=5).validate()
 
 
 def test_resume_without_checkpoint_starts_fresh_and_refuses_mixing(images, tmp_path):

@@ -91,6 +91,13 @@ def _add_flags(p: argparse.ArgumentParser, finetune: bool) -> None:
     g.add_argument("--num-workers", type=int, default=S, help="DataLoader workers (default 0)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--steps", type=int, default=S, help="optimiser steps (default 1000)")
+    g.add_argument(
+        "--stop-at",
+        type=int,
+        metavar="STEP",
+        default=S,
+        help="stop after STEP, checkpointed, and continue later with --resume (the schedule still follows --steps)",
+    )
     g.add_argument("--batch-size", type=int, default=S, help="patches per step and process (default 8)")
     lr = "5e-5" if finetune else "2e-4"
     g.add_argument("--lr", type=float, default=S, help=f"Adam learning rate (default {lr})")
@@ -173,7 +180,11 @@ def _run(args: argparse.Namespace, finetune: bool) -> int:
     if info.is_main:
         val = result.get("val")
         tail = f", validation PSNR {val['val_psnr']:.3f} dB" if val else ""
-        print(f"trained {result['step']} steps in {result['wall_time_s']:.1f} s{tail}; weights: {result['weights']}")
+        if result["weights"] is None:
+            print(f"stopped at step {result['step']}: checkpoint {result['checkpoint']}; continue with --resume")
+        else:
+            seconds = result["wall_time_s"]
+            print(f"trained {result['step']} steps in {seconds:.1f} s{tail}; weights: {result['weights']}")
     return 0
 
 

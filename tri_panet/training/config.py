@@ -98,6 +98,7 @@ class TrainConfig:
 
     # optimisation
     steps: int = 1000
+    stop_at: int = 0  # stop after this step, checkpointed (0: at steps); the schedule still follows steps
     batch_size: int = 8
     lr: float = 2e-4
     lr_min: float = 1e-6  # cosine floor
@@ -219,8 +220,10 @@ class TrainConfig:
         task = get_task(self.task)
         for name in ("steps", "batch_size", "patch_size", "ckpt_every", "log_every", "keep_checkpoints"):
             _check_int(name, getattr(self, name), 1)
-        for name in ("warmup_steps", "lr_step", "val_every", "val_limit", "num_workers", "threads", "seed"):
+        for name in ("warmup_steps", "lr_step", "val_every", "val_limit", "num_workers", "threads", "seed", "stop_at"):
             _check_int(name, getattr(self, name), 0)
+        if self.stop_at > self.steps:
+            raise ValueError(f"stop_at must be at most steps ({self.steps}), got {self.stop_at}")
         for name in ("val_crop", "val_tile"):
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), 1)

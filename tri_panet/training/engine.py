@@ -340,8 +340,9 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
 
     def fit(self) -> dict:
-        """Train from :attr:`step` to ``config.steps``; returns dict(step, loss, val,
-        weights, checkpoint, wall_time_s) (``loss``: the last logged mean L1 loss)."""
+        """Train from :attr:`step` to :attr:`end_step`; returns dict(step, loss, val,
+        weights, checkpoint, wall_time_s) (``loss``: the last logged mean L1 loss;
+        ``weights`` None when the run stopped at ``stop_at`` before ``steps``)."""
         cfg = self.config
         bar = self._progress_bar()
         if self.dist.is_main:
@@ -383,6 +384,11 @@ class Trainer:
             file=sys.stderr,
         )
 
+    @property
+    def end_step(self) -> int:
+        """The step this run stops after: ``stop_at`` (a stage of a longer run) or ``steps``."""
+        return self.config.stop_at or self.config.steps
+
     def _loader(self) -> DataLoader:
         """The batches of steps :attr:`step`..``steps``-1 of this rank."""
         cfg = self.config
@@ -391,7 +397,7 @@ class Trainer:
             cfg.batch_size,
             seed=cfg.seed,
             start=self.step,
-            end=cfg.steps,
+            end=self.end_step,
             rank=self.dist.rank,
             world_size=self.dist.world_size,
         )
@@ -452,7 +458,7 @@ class Trainer:
         final = self.step == cfg.steps
         # the same decisions on every rank; the work happens on rank 0
         validating = bool(cfg.val) and ((cfg.val_every and self.step % cfg.val_every == 0) or final)
-        saving = self.step % cfg.ckpt_every == 0 or final
+        saving = self.step % cfg.ckpt_every == 0 or final or self.step == self.end_step
         if validating and self.val_pairs:
             val = self.validate()
             self._log_json(
@@ -474,15 +480,18 @@ class Trainer:
         return written
 
     def _finish(self, last_ckpt: Path | None, last_loss: float) -> dict:
-        """Write the final weights (rank 0) and sum the run up."""
+        """Write the final weights (rank 0) and sum the run up; a stage that stopped at
+        ``stop_at`` before ``steps`` writes none (``weights`` None)."""
         cfg = self.config
-        if self.step < cfg.steps:  # pragma: no cover - the loader always yields every step
-            raise RuntimeError(f"training stopped at step {self.step} of {cfg.steps}")
+        if self.step < self.end_step:  # pragma: no cover - the loader always yields every step
+            raise RuntimeError(f"training stopped at step {self.step} of {self.end_step}")
         if last_ckpt is None and self.dist.is_main:
-            # nothing ran (resumed a finished run): make sure the final checkpoint exists
+            # nothing ran (resumed a finished run or stage): make sure its checkpoint exists
             last_ckpt = ckpt.find_latest(self.ckpt_dir) or self.save_checkpoint()
         weights = None
-        if self.dist.is_main:
+        if self.dist.is_main and self.step < cfg.steps:
+            self._log(f"stopped at step {self.step} of {cfg.steps} (stop_at): continue with --resume")
+        elif self.dist.is_main:
             meta = self._weights_metadata()
             meta["tri_panet.train.wall_time_s"] = f"{self.wall_time():.1f}"
             weights = save_weights(self.model, self.weights_path, metadata=meta, overwrite=True)
@@ -530,6 +539,7 @@ class _LossWindow:
 _RESUME_IGNORED = {
     "resume",
     "steps",
+    "stop_at",
     "ckpt_every",
     "log_every",
     "progress",
