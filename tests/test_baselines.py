@@ -32,6 +32,15 @@ def test_denoisers_reduce_noise(name):
     assert psnr(out[None], clean[None]) > psnr(noisy.clamp(0, 1)[None], clean[None]) + 3
 
 
+def test_cbm3d_runs_on_torch_s_threads(monkeypatch):
+    bm3d = _needs("bm3d")
+    seen = []
+    monkeypatch.setattr(bm3d, "bm3d_rgb", lambda z, sigma, profile: seen.append(profile.num_threads) or z)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    baselines.get_baseline("cbm3d", "denoise").run(_smooth_image(8), {"sigma": 25.0})
+    assert seen == [1]  # the package's default, 0, would use every core while the model gets one
+
+
 def test_denoiser_at_sigma_zero_returns_input():
     clean = _smooth_image(8)
     assert torch.equal(baselines.get_baseline("nlm").run(clean, {"sigma": 0.0}), clean)
