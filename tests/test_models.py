@@ -461,3 +461,28 @@ def test_fast_variant_runs_attention_at_half_resolution(scale):
 def test_full_resolution_config_has_no_down_key():
     """The metadata of the bundled full-resolution weights stays as it was."""
     assert "down" not in TinyPANet().config and "down" not in TinySR(scale=2).config
+
+
+@pytest.mark.parametrize("cls", [TinyPANet, TinySR])
+def test_ablation_variants_save_and_load(cls, tmp_path):
+    """The ablation's variants: no attention block (an identity in its place, the other
+    state-dict names unchanged) and single-scale non-local attention; both round-trip."""
+    full = cls(n_feats=8, n_resblocks=2, backend="torch")
+    bare = cls(n_feats=8, n_resblocks=2, attention=False)
+    assert "attention" not in full.config and bare.config["attention"] is False
+    assert not any(isinstance(m, PyramidAttention) for m in bare.modules())
+    attention_names = {k for k in full.state_dict() if k.startswith("body.1.")}
+    assert set(bare.state_dict()) == set(full.state_dict()) - attention_names
+    with pytest.raises(ValueError, match="attention=False"):
+        _ = bare.attention
+    with pytest.raises(TypeError, match="attention must be a bool"):
+        cls(attention="no")
+    single = cls(n_feats=8, n_resblocks=2, scales=(1.0,), backend="torch")
+    assert single.attention.scales == (1.0,)
+    x = torch.rand(1, 3, 8, 8)
+    for model in (bare, single):
+        nn.init.normal_(model.tail[-1].weight)  # so that the output depends on the whole body
+        rebuilt = load_weights(save_weights(model, tmp_path / "m.safetensors", overwrite=True), backend="torch")
+        assert rebuilt.config == model.config
+        with torch.no_grad():
+            torch.testing.assert_close(rebuilt(x), model(x))

@@ -41,9 +41,16 @@ from .common import (
 
 
 def _body(
-    n_feats: int, n_resblocks: int, reduction: int, scales, recompute_scale_factor: bool, backend: str
+    n_feats: int,
+    n_resblocks: int,
+    reduction: int,
+    scales,
+    recompute_scale_factor: bool,
+    backend: str,
+    attention: bool = True,
 ) -> nn.Sequential:
-    """ResBlocks (ReLU) / PyramidAttention / ResBlocks / conv3x3, PANet's body layout."""
+    """ResBlocks (ReLU) / PyramidAttention / ResBlocks / conv3x3, PANet's body layout; without
+    ``attention`` an identity stands in the block's place (the ablation's baseline)."""
     check_int("n_feats", n_feats)
     check_resblock_count(n_resblocks)
     half = n_resblocks // 2
@@ -56,6 +63,8 @@ def _body(
             recompute_scale_factor=recompute_scale_factor,
             backend=backend,
         )
+        if attention
+        else nn.Identity()
     )
     blocks += [ResBlock(default_conv, n_feats, 3) for _ in range(half)]
     blocks.append(default_conv(n_feats, n_feats, 3))
@@ -83,9 +92,12 @@ class _TinyNet(RestorationModel):
         recompute_scale_factor: bool,
         backend: str,
         down: int = 1,
+        attention: bool = True,
     ) -> None:
         super().__init__()
         check_int("n_colors", n_colors)
+        if not isinstance(attention, bool):
+            raise TypeError(f"attention must be a bool, got {type(attention).__name__}")
         check_int("down", down)
         self.n_colors = n_colors
         self.scale = scale
@@ -100,8 +112,9 @@ class _TinyNet(RestorationModel):
             recompute_scale_factor=bool(recompute_scale_factor),
             # Only when used, so the metadata of the full-resolution models stays as it was.
             **({"down": down} if down > 1 else {}),
+            **({} if attention else {"attention": False}),
         )
-        self.body = _body(n_feats, n_resblocks, reduction, scales, recompute_scale_factor, backend)
+        self.body = _body(n_feats, n_resblocks, reduction, scales, recompute_scale_factor, backend, attention)
         if down == 1:  # the layout (and state-dict names) of the bundled full-resolution weights
             self.head = nn.Sequential(default_conv(n_colors, n_feats, 3))
             upsampler = [Upsampler(default_conv, scale, n_feats)] if scale > 1 else []
@@ -115,8 +128,11 @@ class _TinyNet(RestorationModel):
 
     @property
     def attention(self) -> PyramidAttention:
-        """The pyramid attention block."""
-        return self.body[self._attention_index]
+        """The pyramid attention block (ValueError for a model built without one)."""
+        block = self.body[self._attention_index]
+        if not isinstance(block, PyramidAttention):
+            raise ValueError("this model was built with attention=False: it has no attention block")
+        return block
 
     def skip(self, x: torch.Tensor) -> torch.Tensor:
         """The image-level skip connection: what an untrained model outputs."""
@@ -145,6 +161,7 @@ class TinyPANet(_TinyNet):
         scales, recompute_scale_factor: attention pyramid (default: the official 5 levels).
         backend: attention backend.
         down: 1 (full resolution inside) or the pixel-unshuffle factor of the fast variants.
+        attention: False puts an identity where the attention block stands (ablations).
     """
 
     def __init__(
@@ -157,8 +174,11 @@ class TinyPANet(_TinyNet):
         recompute_scale_factor: bool = True,
         backend: str = "auto",
         down: int = 1,
+        attention: bool = True,
     ) -> None:
-        super().__init__(1, n_colors, n_feats, n_resblocks, reduction, scales, recompute_scale_factor, backend, down)
+        super().__init__(
+            1, n_colors, n_feats, n_resblocks, reduction, scales, recompute_scale_factor, backend, down, attention
+        )
 
     def skip(self, x: torch.Tensor) -> torch.Tensor:
         """Identity: the network learns the correction."""
@@ -185,10 +205,11 @@ class TinySR(_TinyNet):
         recompute_scale_factor: bool = True,
         backend: str = "auto",
         down: int = 1,
+        attention: bool = True,
     ) -> None:
         check_int("scale", scale, minimum=2)  # scale 1 is TinyPANet
         super().__init__(
-            scale, n_colors, n_feats, n_resblocks, reduction, scales, recompute_scale_factor, backend, down
+            scale, n_colors, n_feats, n_resblocks, reduction, scales, recompute_scale_factor, backend, down, attention
         )
 
     def skip(self, x: torch.Tensor) -> torch.Tensor:
