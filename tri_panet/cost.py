@@ -252,7 +252,7 @@ class CostModel:
             th, tw, count, tile = h, w, 1, None
         else:
             th, tw = min(tile, h), min(tile, w)
-            count = len(tile_starts(h, th, overlap)) * len(tile_starts(w, tw, overlap))
+            count = len(tile_starts(h, th, overlap, m)) * len(tile_starts(w, tw, overlap, m))
         flops = count * self.forward_flops(th, tw) * (8 if self_ensemble else 1)
         out = self.info.scale**2 * h * w * (self.info.n_colors or self.in_channels)
         buffers = (self.in_channels * h * w + (4 if self_ensemble else 3) * out + self.info.scale**2 * h * w) * _BYTES

@@ -30,15 +30,20 @@ __all__ = ["blend_window", "check_tile", "restore", "tile_starts"]
 _AUTOCAST_DTYPES = (torch.float16, torch.bfloat16)
 
 
-def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+def tile_starts(length: int, tile: int, overlap: int, align: int = 1) -> list[int]:
     """Evenly spread starts of tiles of ``tile`` covering [0, length), neighbours overlapping
-    by >= ``overlap`` (one tile if it covers everything)."""
+    by >= ``overlap`` (one tile if it covers everything), every start a multiple of ``align``
+    (``length`` and ``tile`` must be multiples of it)."""
+    if length % align or tile % align:
+        raise ValueError(f"length ({length}) and tile ({tile}) must be multiples of align ({align})")
     if length <= tile:
         return [0]
-    n = math.ceil((length - overlap) / (tile - overlap))
-    n = max(n, 2)
+    # in units of align: the overlap rounded up, so that it still holds in pixels
+    length, tile = length // align, tile // align
+    overlap = min(-(-overlap // align), tile - 1)
+    n = max(math.ceil((length - overlap) / (tile - overlap)), 2)
     # average step (length - tile) / (n - 1) <= tile - overlap, so every rounded step is too
-    return [round(i * (length - tile) / (n - 1)) for i in range(n)]
+    return [align * round(i * (length - tile) / (n - 1)) for i in range(n)]
 
 
 def check_tile(tile: int | tuple[int, int] | None, tile_overlap: int, multiple: int = 1) -> tuple[int, int] | None:
@@ -97,11 +102,14 @@ def _check_output(y: torch.Tensor, x: torch.Tensor, scale: int) -> None:
         )
 
 
-def _forward_tiled(model, x: torch.Tensor, tile: tuple[int, int], overlap: int, scale: int, acc_dtype) -> torch.Tensor:
-    """Tiled forward of ``x`` [N, C, H, W] -> [N, C', H*scale, W*scale] with blended overlaps."""
+def _forward_tiled(
+    model, x: torch.Tensor, tile: tuple[int, int], overlap: int, scale: int, acc_dtype, multiple: int
+) -> torch.Tensor:
+    """Tiled forward of ``x`` [N, C, H, W] (H, W multiples of ``multiple``) -> [N, C', H*scale,
+    W*scale] with blended overlaps; tiles start on multiples of ``multiple``."""
     n, _, h, w = x.shape
     th, tw = min(tile[0], h), min(tile[1], w)
-    ys, xs = tile_starts(h, th, overlap), tile_starts(w, tw, overlap)
+    ys, xs = tile_starts(h, th, overlap, multiple), tile_starts(w, tw, overlap, multiple)
     out = wsum = None
     for y0 in ys:
         wy = blend_window(th * scale, overlap * scale, y0 > 0, y0 + th < h)
@@ -220,7 +228,7 @@ def restore(
     else:
 
         def run(inp: torch.Tensor) -> torch.Tensor:
-            return _forward_tiled(model, inp, tiles, tile_overlap, scale, work_dtype)
+            return _forward_tiled(model, inp, tiles, tile_overlap, scale, work_dtype, multiple)
 
     if dtype in _AUTOCAST_DTYPES:
         autocast = torch.autocast(device_type=device.type, dtype=dtype)

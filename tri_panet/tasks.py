@@ -72,6 +72,9 @@ class Task:
     clips: bool = False  # the degradation takes ``clip`` (the flag --clip-noise)
     y_channel: bool = False  # scored on the BT.601 Y channel (else on RGB)
     from_grey: Callable[[torch.Tensor], torch.Tensor] | None = None  # a 1-channel file [1, H, W] -> model input
+    # The input's period in px: tiles must start, and padding end, on multiples of it (the
+    # Bayer pattern repeats every 2 px; a tile starting on an odd pixel swaps its colours).
+    period: int = 1
 
     @property
     def scaled(self) -> bool:
@@ -198,6 +201,7 @@ TASKS: dict[str, Task] = {
             input_name="bilinear",
             baselines=("menon2007", "bilinear"),
             model="tiny-demosaic",
+            period=2,
         ),
         Task(
             name="sr",

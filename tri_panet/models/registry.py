@@ -12,10 +12,12 @@ the code that runs it.
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass, field
 
 from torch import nn
 
+from ..tasks import get_task
 from .common import RestorationModel
 from .paedsr import PAEDSR
 from .panet import PANet
@@ -239,7 +241,8 @@ class ModelInfo:
     ``name`` / ``task``: the registry name and its task (None when the model was not built
     from the registry); ``scale``: output side / input side; ``n_colors``: the input (and
     output) channels, None when any count is taken; ``multiple``: H and W must be
-    multiples of it (``restore`` pads the image up to one); ``tile``: the largest tile
+    multiples of it (``restore`` pads the image up to one and starts its tiles on one: the
+    model's own multiple and its task's period, 2 for the Bayer pattern); ``tile``: the largest tile
     side worth restoring in (``--tile auto`` goes no larger), None: no limit but the cost.
     """
 
@@ -267,6 +270,6 @@ def describe(model: object) -> ModelInfo:
         task=spec.task if spec else None,
         scale=model.scale,
         n_colors=model.n_colors,
-        multiple=model.multiple,
+        multiple=math.lcm(model.multiple, get_task(spec.task).period if spec else 1),
         tile=spec.tile if spec else None,
     )
