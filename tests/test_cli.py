@@ -304,7 +304,7 @@ def test_demo(weights, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(wmod, "_bundled_dir", lambda: empty)
     code, _, err = _run(["demo", "-o", empty], capsys)
     assert code == 2
-    _one_line_error(err, "tri_panet/weights/tiny-denoise.safetensors")
+    _one_line_error(err, "tri_panet/weights/fast-denoise.safetensors")
 
 
 def test_restore_eval_and_demo_load_no_training_code(photos, weights, tmp_path):

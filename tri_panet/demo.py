@@ -3,7 +3,7 @@
 A photo that ships inside scikit-image (``skimage.data.astronaut()`` by default) is
 centre-cropped to a square, resized to ``size`` x ``size`` (Lanczos), given additive white
 Gaussian noise of ``sigma`` (0-255 scale, fixed seed; the noisy image is not clipped or
-quantised, as in the benchmarks), restored by ``load_pretrained("tiny-denoise")``, and a
+quantised, as in the benchmarks), restored by ``load_pretrained("fast-denoise")``, and a
 before/after picture (noisy | restored | clean, side by side) is written. The PSNR of the
 noisy and the restored image (RGB, no border crop) and the restoration time are printed.
 """
@@ -30,7 +30,7 @@ __all__ = ["run_demo", "demo_image", "DEMO_IMAGES", "OUTPUT_NAME"]
 #: Colour photos of ``skimage.data`` the demo can use.
 DEMO_IMAGES = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry")
 OUTPUT_NAME = "tri_panet_demo.png"
-MODEL_NAME = "tiny-denoise"
+MODEL_NAME = "fast-denoise"
 
 
 def demo_image(name: str = "astronaut", size: int = 256) -> torch.Tensor:
@@ -85,7 +85,7 @@ def run_demo(
     cores); None or 0 for the whole image at once; ``"auto"`` as ``tri-panet restore``
     picks it (:func:`tri_panet.cost.plan_restore`, which also refuses a size that cannot
     fit in memory). ``weights``: a ``.safetensors`` file
-    to use instead of the bundled ``tiny-denoise`` weights. Raises FileNotFoundError
+    to use instead of the bundled ``fast-denoise`` weights. Raises FileNotFoundError
     (naming the missing file) when neither exists, FileExistsError when the picture exists
     and ``force`` is False. PSNR in dB (RGB, no border crop), ``seconds`` of restoration.
     """

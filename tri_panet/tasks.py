@@ -87,7 +87,7 @@ class Task:
         return ((self.level.name,) if self.level else ()) + (("scale",) if self.scaled else ())
 
     def default_model(self, scale: int | None = None) -> str:
-        """The registry model used when none is named (``tiny-sr-x{scale}``, scale default 2, for sr)."""
+        """The registry model used when none is named (``fast-sr-x{scale}``, scale default 2, for sr)."""
         return self.model.format(scale=scale or (self.scales[0] if self.scales else 1))
 
     def metric_convention(self, scale: int = 1) -> dict:
@@ -179,7 +179,7 @@ TASKS: dict[str, Task] = {
             input_view=_unchanged,
             input_name="noisy",
             baselines=("cbm3d", "nlm"),
-            model="tiny-denoise",
+            model="fast-denoise",
         ),
         Task(
             name="jpeg",
@@ -190,7 +190,7 @@ TASKS: dict[str, Task] = {
             input_name="jpeg",
             baselines=("jpeg",),
             y_channel=True,
-            model="tiny-jpeg",
+            model="fast-jpeg",
         ),
         Task(
             name="demosaic",
@@ -200,7 +200,7 @@ TASKS: dict[str, Task] = {
             input_view=_bilinear,
             input_name="bilinear",
             baselines=("menon2007", "bilinear"),
-            model="tiny-demosaic",
+            model="fast-demosaic",
             period=2,
         ),
         Task(
@@ -212,7 +212,7 @@ TASKS: dict[str, Task] = {
             input_name="bicubic",
             baselines=("bicubic",),
             y_channel=True,
-            model="tiny-sr-x{scale}",
+            model="fast-sr-x{scale}",
         ),
     )
 }

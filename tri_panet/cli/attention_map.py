@@ -53,7 +53,7 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--weights", metavar="FILE", help=".safetensors (from tri-panet train) or an official .pth (with --model)"
     )
-    p.add_argument("--scale", type=int, choices=SCALES, help="SR factor (picks tiny-sr-xK with --task sr)")
+    p.add_argument("--scale", type=int, choices=SCALES, help="SR factor (picks fast-sr-xK with --task sr)")
     p.add_argument("--top-k", type=int, default=5, metavar="K", help="strongest keys to mark per query (default: 5)")
     p.add_argument(
         "--panel",

@@ -146,7 +146,7 @@ def add_degradation_flags(p: argparse.ArgumentParser, *, restore: bool) -> None:
     for level in LEVELS:
         default = " (with --degrade)" if restore else f" (default: {level.fixed:g})"
         g.add_argument(f"--{level.name}", type=level.type, help=level.help + default)
-    g.add_argument("--scale", type=int, choices=SCALES, help="SR factor (default: the model's; picks tiny-sr-xK)")
+    g.add_argument("--scale", type=int, choices=SCALES, help="SR factor (default: the model's; picks fast-sr-xK)")
     g.add_argument("--seed", type=int, default=0, help="seed of the synthetic degradation (default: 0)")
     g.add_argument("--clip-noise", action="store_true", help="clamp noisy images to [0, 1] (the benchmarks do not)")
 

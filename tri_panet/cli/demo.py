@@ -15,7 +15,7 @@ def add_parser(sub) -> None:
         "demo",
         help="denoise a bundled photo with the bundled tiny model (no data needed)",
         description="Add noise to a photo that ships with scikit-image, restore it with the bundled "
-        "tiny-denoise model, write a before/after PNG and print the PSNRs and time.",
+        "fast-denoise model, write a before/after PNG and print the PSNRs and time.",
     )
     p.add_argument("-o", "--output-dir", default=".", metavar="DIR", help="folder for tri_panet_demo.png (default: .)")
     p.add_argument("--sigma", type=float, default=25.0, help="AWGN sigma, 0-255 scale (default 25)")

@@ -39,7 +39,7 @@ def _add_flags(p: argparse.ArgumentParser, finetune: bool) -> None:
     p.add_argument("--config", metavar="TOML", help="settings file (flags override it); see docs/TRAINING.md")
     g = p.add_argument_group("what")
     g.add_argument("--task", choices=TASKS, default=S, help=f"restoration task: {task_help()} (default: denoise)")
-    g.add_argument("--model", metavar="NAME", default=S, help="registry name (default: tiny-<task>)")
+    g.add_argument("--model", metavar="NAME", default=S, help="registry name (default: fast-<task>)")
     if finetune:
         g.add_argument(
             "--weights",
