@@ -390,7 +390,7 @@ class Trainer:
         return self.config.stop_at or self.config.steps
 
     def _loader(self) -> DataLoader:
-        """The batches of steps :attr:`step`..``steps``-1 of this rank."""
+        """The batches of steps :attr:`step`..:attr:`end_step`-1 of this rank."""
         cfg = self.config
         sampler = StepBatchSampler(
             len(self.dataset),
@@ -458,7 +458,7 @@ class Trainer:
         final = self.step == cfg.steps
         # the same decisions on every rank; the work happens on rank 0
         validating = bool(cfg.val) and ((cfg.val_every and self.step % cfg.val_every == 0) or final)
-        saving = self.step % cfg.ckpt_every == 0 or final or self.step == self.end_step
+        saving = self.step % cfg.ckpt_every == 0 or self.step == self.end_step  # the end of a run or stage
         if validating and self.val_pairs:
             val = self.validate()
             self._log_json(
@@ -489,13 +489,14 @@ class Trainer:
             # nothing ran (resumed a finished run or stage): make sure its checkpoint exists
             last_ckpt = ckpt.find_latest(self.ckpt_dir) or self.save_checkpoint()
         weights = None
-        if self.dist.is_main and self.step < cfg.steps:
-            self._log(f"stopped at step {self.step} of {cfg.steps} (stop_at): continue with --resume")
-        elif self.dist.is_main:
-            meta = self._weights_metadata()
-            meta["tri_panet.train.wall_time_s"] = f"{self.wall_time():.1f}"
-            weights = save_weights(self.model, self.weights_path, metadata=meta, overwrite=True)
-            self._log(f"done: {self.step} steps in {self.wall_time():.1f} s; weights: {weights}")
+        if self.dist.is_main:
+            if self.step < cfg.steps:
+                self._log(f"stopped at step {self.step} of {cfg.steps} (stop_at): continue with --resume")
+            else:
+                meta = self._weights_metadata()
+                meta["tri_panet.train.wall_time_s"] = f"{self.wall_time():.1f}"
+                weights = save_weights(self.model, self.weights_path, metadata=meta, overwrite=True)
+                self._log(f"done: {self.step} steps in {self.wall_time():.1f} s; weights: {weights}")
         barrier()
         val = [h for h in self.history if "val_psnr" in h]
         return {
