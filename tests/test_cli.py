@@ -243,6 +243,16 @@ def test_train_resume_and_finetune(photos, tmp_path, capsys):
     code, text, _ = _run(["train", *base, "--resume", "--steps", 2], capsys)  # flags override the file
     assert code == 0 and "resumed" in text and "trained 2 steps" in text
 
+    staged = tmp_path / "staged"
+    code, text, _ = _run(["train", *base[:-1], staged, "--steps", 3, "--stop-at", 2], capsys)
+    assert code == 0 and "stopped at step 2" in text and "--resume" in text
+    assert not (staged / "model.safetensors").exists()
+    code, text, _ = _run(["train", *base[:-1], staged, "--steps", 3, "--resume"], capsys)
+    assert code == 0 and "trained 3 steps" in text and (staged / "model.safetensors").is_file()
+    code, _, err = _run(["train", *base[:-1], tmp_path / "bad", "--steps", 3, "--stop-at", 4], capsys)
+    assert code == 2
+    _one_line_error(err, "stop_at must be at most steps")
+
     ft = tmp_path / "ft"
     code, text, _ = _run(
         [
