@@ -12,13 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
 from PIL import Image
 from tiny_model import TINY
 
 from tri_panet.data import add_gaussian_noise, sample_generator
 from tri_panet.evaluation import evaluate, prepare_eval_pairs
-from tri_panet.models import build_model, create, load_weights, read_metadata
+from tri_panet.models import build_model, create, load_weights, read_metadata, save_weights
 from tri_panet.tasks import get_task, make_degradation
 from tri_panet.training import StepBatchSampler, TrainConfig, Trainer, find_latest, lr_factor
 from tri_panet.training import checkpoint as ckpt
@@ -306,6 +307,35 @@ def test_build_model_from_official_pth(tmp_path):
         build_model("tiny-denoise", weights=evil, model_args=TINY)
     with pytest.raises(ValueError, match="task"):
         build_model("tiny-denoise", model_args=TINY, task="sr")
+
+
+def test_init_from_warm_starts_sr_x3_from_x2(images, tmp_path, capsys):
+    """``init_from`` copies every tensor whose name and shape fit (an x2 SR body into x3),
+    leaves the rest (the upsampler) as initialised and logs their names; it refuses a
+    file with nothing that fits and a config that also gives ``weights``."""
+    torch.manual_seed(3)
+    x2 = create("tiny-sr-x2", **TINY)
+    with torch.no_grad():
+        for p in x2.parameters():
+            p.add_(torch.randn_like(p))
+    src = save_weights(x2, tmp_path / "x2.safetensors")
+    cfg = _config(images, tmp_path / "run", task="sr", model="tiny-sr-x3", init_from=str(src), steps=1, patch_size=6)
+    trainer = Trainer(cfg)
+    own, file = trainer.model.state_dict(), x2.state_dict()
+    kept = [k for k in own if k not in file or file[k].shape != own[k].shape]
+    assert kept and all(k.startswith("tail") for k in kept)
+    for k in own:
+        if k not in kept:
+            assert torch.equal(own[k], file[k]), k
+    assert all(k in trainer.warm_start for k in kept)
+    trainer.fit()
+    assert "warm start from" in capsys.readouterr().out
+    other = tmp_path / "other.safetensors"
+    safetensors.torch.save_file({"head.0.weight": torch.zeros(1)}, str(other))
+    with pytest.raises(ValueError, match="no tensor fits"):
+        Trainer(_config(images, tmp_path / "r2", init_from=str(other)))
+    with pytest.raises(ValueError, match="init_from"):
+        _config(images, tmp_path / "r3", init_from=str(src), weights=str(src)).validate()
 
 
 def test_evaluate_identity_model_matches_skimage(images):

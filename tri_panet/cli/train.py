@@ -50,6 +50,13 @@ def _add_flags(p: argparse.ArgumentParser, finetune: bool) -> None:
     else:
         g.add_argument("--weights", metavar="FILE", default=S, help="initialise from this .safetensors / official .pth")
         g.add_argument(
+            "--init-from",
+            metavar="FILE",
+            default=S,
+            help="warm start: a fresh --model takes the tensors of FILE whose names and shapes fit "
+            "(e.g. an x2 SR body for x3; the rest keep their initialisation)",
+        )
+        g.add_argument(
             "--model-arg",
             metavar="NAME=VALUE",
             action="append",

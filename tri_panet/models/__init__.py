@@ -34,6 +34,7 @@ from .registry import (
 from .tiny import TinyPANet, TinySR
 from .weights import (
     bundled_weights,
+    copy_matching,
     load_pretrained,
     load_state_file,
     load_weights,
@@ -55,6 +56,7 @@ __all__ = [
     "available_models",
     "build_model",
     "bundled_weights",
+    "copy_matching",
     "count_parameters",
     "create",
     "default_conv",

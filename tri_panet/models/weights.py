@@ -214,6 +214,18 @@ def load_state_into(
     return model
 
 
+def copy_matching(model: nn.Module, state: Mapping[str, torch.Tensor], *, source: str = "state dict") -> list[str]:
+    """Warm start: copy the tensors of ``state`` whose names and shapes match ``model``'s
+    (an x2 SR body into an x3 model: all but the upsampler); returns the names of the
+    model's tensors left as they were. ValueError naming ``source`` when none fits."""
+    own = model.state_dict()
+    fit = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
+    if not fit:
+        raise ValueError(f"{source}: no tensor fits {type(model).__name__} (no name with the same shape)")
+    model.load_state_dict(fit, strict=False)
+    return sorted(set(own) - set(fit))
+
+
 def _metadata_config(meta: Mapping[str, str], path) -> dict | None:
     """The constructor arguments in the ``tri_panet.config`` metadata field (None without
     one); ValueError naming the file and the field when they are not a JSON object."""

@@ -49,7 +49,7 @@ SCHEDULES = ("cosine", "step", "constant")
 AMP_MODES = ("none", "bf16", "fp16")
 
 #: The settings that name files or folders (stored as absolute paths in OUT/config.toml).
-PATH_SETTINGS = ("data", "val", "weights", "out")
+PATH_SETTINGS = ("data", "val", "weights", "init_from", "out")
 
 
 def _level_fields(level: Level) -> tuple[str, str, str]:
@@ -71,11 +71,12 @@ class TrainConfig:
 
     # what to train
     task: str = "denoise"
-    model: str | None = None  # registry name; None: tiny-<task> (tiny-sr-x<scale> for sr)
+    model: str | None = None  # registry name; None: fast-<task> (fast-sr-x<scale> for sr)
     model_args: dict = field(default_factory=dict)  # constructor overrides (fresh models only)
     weights: str | None = None  # initialise from this .safetensors / official .pth file
     pretrained: bool = False  # initialise from the bundled weights of `model` (finetune)
     strict_weights: bool = True  # missing/unexpected keys in `weights` are errors
+    init_from: str | None = None  # warm start: a fresh `model` takes this file's tensors that fit
     backend: str = "auto"  # attention backend
 
     # data
@@ -178,7 +179,7 @@ class TrainConfig:
         included (its default too), so that the stored configuration means the same from
         any working folder."""
         self.data = [os.path.abspath(d) for d in self.data]
-        for name in ("val", "weights"):
+        for name in ("val", "weights", "init_from"):
             if getattr(self, name) is not None:
                 setattr(self, name, os.path.abspath(getattr(self, name)))
         self.out = os.path.abspath(self.out_dir)
@@ -240,6 +241,8 @@ class TrainConfig:
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
         if self.weights is not None and self.pretrained:
             raise ValueError("give either weights (a file) or pretrained (the bundled weights), not both")
+        if self.init_from is not None and (self.weights is not None or self.pretrained):
+            raise ValueError("init_from warm-starts a fresh model: give it without weights or pretrained")
         if self.model_args and self.pretrained:
             raise ValueError("model_args cannot change a pretrained model (its bundled file fixes the architecture)")
         foreign = [f for level in LEVELS if level != task.level for f in _level_fields(level)]

@@ -41,7 +41,7 @@ from ..cost import CostModel
 from ..data.io import list_images, loss_notes, read_header
 from ..device import choose_threads, resolve_device
 from ..evaluation import EvalPair, evaluate, prepare_eval_pairs
-from ..models import build_model, describe, save_weights
+from ..models import build_model, copy_matching, describe, load_state_file, save_weights
 from ..tasks import make_degradation
 from . import checkpoint as ckpt
 from .config import TrainConfig
@@ -86,6 +86,7 @@ class Trainer:
         self.history: list[dict] = []  # the records of log.jsonl: losses and validations
         self.step = 0
         self.wall_before = 0.0  # training seconds of earlier sessions of a resumed run
+        self.warm_start: str | None = None  # what init_from copied, logged when training starts
         self._t_start = time.perf_counter()
         self.out_dir: Path = config.out_dir
         self.ckpt_dir: Path = self.out_dir / "checkpoints"
@@ -172,6 +173,13 @@ class Trainer:
             if not cfg.model_args:
                 raise
             raise ValueError(f"model_args: {e}") from None
+        if cfg.init_from is not None:
+            kept = copy_matching(model, load_state_file(cfg.init_from), source=cfg.init_from)
+            total = len(model.state_dict())
+            self.warm_start = (
+                f"warm start from {cfg.init_from}: {total - len(kept)} of {total} tensors copied; "
+                f"left as initialised: {', '.join(kept) or 'none'}"
+            )
         return model.to(self.device).train()
 
     def _image_format(self) -> tuple[int, bool]:
@@ -351,6 +359,8 @@ class Trainer:
                 f"{len(self.dataset.paths)} images, {cfg.task}, steps {self.step}->{cfg.steps}, batch {cfg.batch_size}"
                 f"x{self.dist.world_size}, patch {cfg.patch_size}, device {self.device}, out {self.out_dir}"
             )
+            if self.warm_start and self.step == 0:
+                self._log(self.warm_start)
         window = _LossWindow(self.device)
         last_ckpt = None
         try:
