@@ -338,6 +338,20 @@ def test_init_from_warm_starts_sr_x3_from_x2(images, tmp_path, capsys):
         _config(images, tmp_path / "r3", init_from=str(src), weights=str(src)).validate()
 
 
+def test_resolve_paths_makes_every_path_setting_absolute(tmp_path, monkeypatch):
+    """data, val, weights, init_from and out (its default too) become absolute against the
+    working folder; unset ones stay None."""
+    monkeypatch.chdir(tmp_path)
+    cfg = TrainConfig(data=["d"], val="v", init_from="x2.safetensors", out="o")
+    cfg.resolve_paths()
+    assert cfg.data == [str(tmp_path / "d")] and cfg.val == str(tmp_path / "v")
+    assert cfg.init_from == str(tmp_path / "x2.safetensors") and cfg.out == str(tmp_path / "o")
+    assert cfg.weights is None
+    default = TrainConfig(data=["d"], model="fast-jpeg", weights="w.pth")
+    default.resolve_paths()
+    assert default.weights == str(tmp_path / "w.pth") and default.out == str(tmp_path / "runs" / "fast-jpeg")
+
+
 def test_evaluate_identity_model_matches_skimage(images):
     """An untrained tiny model is the identity (zero-initialised tail), so its PSNR equals
     the noisy input's, which equals skimage's PSNR of the same noisy image."""

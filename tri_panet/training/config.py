@@ -179,10 +179,10 @@ class TrainConfig:
         included (its default too), so that the stored configuration means the same from
         any working folder."""
         self.data = [os.path.abspath(d) for d in self.data]
-        for name in ("val", "weights", "init_from"):
-            if getattr(self, name) is not None:
+        for name in PATH_SETTINGS:
+            if name not in ("data", "out") and getattr(self, name) is not None:
                 setattr(self, name, os.path.abspath(getattr(self, name)))
-        self.out = os.path.abspath(self.out_dir)
+        self.out = os.path.abspath(self.out_dir)  # out_dir: the default folder when out is None
 
     def degradation_kwargs(self) -> dict:
         """Keyword arguments of ``make_degradation`` for the training data: the fixed level
