@@ -86,6 +86,21 @@ def test_restore_file_overwrite_rules(photos, weights, tmp_path, capsys):
     assert src.read_bytes() == original
 
 
+def test_restore_with_a_grey_model_keeps_the_colours(photos, tmp_path, capsys):
+    """The bundled grey fast-jpeg on a colour JPEG: a colour result, Y better than the JPEG's."""
+    clean = photos / "a.png"
+    compressed = tmp_path / "a_q10.jpg"
+    Image.open(clean).save(compressed, quality=10)
+    out = tmp_path / "restored.png"
+    code, _, err = _run(["restore", compressed, "-o", out, "--model", "fast-jpeg", "--threads", "1"], capsys)
+    assert code == 0, err
+    assert "luma (JFIF Y) restored, their chroma kept" in err and "converted to grey" not in err
+    restored, original, jpeg = (load_image(p) for p in (out, clean, compressed))
+    assert restored.shape == original.shape == (3, 32, 32)
+    assert restored.std(0).mean() > 0.5 * original.std(0).mean()  # not grey: the channels differ
+    assert psnr(restored, original, y_channel=True) > psnr(jpeg, original, y_channel=True) + 0.3
+
+
 def test_restore_folder_and_degrade(photos, weights, tmp_path, capsys):
     out = tmp_path / "restored"
     code, text, _ = _run(["restore", photos, "-o", out, "--weights", weights, "--degrade", "--sigma", 30], capsys)

@@ -21,6 +21,8 @@ from tri_panet.data import (
     modcrop,
     quantize,
     rgb_to_y,
+    rgb_to_ycbcr,
+    ycbcr_to_rgb,
 )
 from tri_panet.tasks import make_degradation
 
@@ -251,6 +253,21 @@ def test_rgb_to_y_matches_skimage():
     assert rgb_to_y(torch.ones(3, 1, 1)).item() == pytest.approx(235 / 255)
     with pytest.raises(ValueError, match="3, H, W"):
         rgb_to_y(torch.rand(1, 4, 4))
+
+
+def test_ycbcr_is_pillows_jfif_and_inverts_exactly():
+    img = _photo(dtype=torch.float64)
+    pixels = (img * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    pil = Image.fromarray(pixels)
+    mine = rgb_to_ycbcr(torch.from_numpy(pixels).permute(2, 0, 1).double() / 255) * 255
+    want = torch.from_numpy(np.asarray(pil.convert("YCbCr"))).permute(2, 0, 1).double()
+    assert (mine - want).abs().max() < 1.5  # Pillow truncates in fixed point: within one level
+    luma = torch.from_numpy(np.asarray(pil.convert("L"))).double()  # the grey of grey models
+    assert (mine[0] - luma).abs().max() <= 0.5 + 1e-9
+    assert torch.allclose(ycbcr_to_rgb(rgb_to_ycbcr(img)), img, atol=1e-12)
+    assert rgb_to_ycbcr(img[None]).shape == (1, 3, 40, 48)
+    with pytest.raises(ValueError, match="img must be .*YCbCr"):
+        ycbcr_to_rgb(torch.rand(1, 4, 4))
 
 
 # ----------------------------------------------------------------------------- factory

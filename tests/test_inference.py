@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from tri_panet.data.degradations import bayer_mosaic
-from tri_panet.inference import blend_window, restore, tile_starts
+from tri_panet.data.degradations import bayer_mosaic, rgb_to_ycbcr
+from tri_panet.inference import blend_window, restore, restore_luma, tile_starts
 from tri_panet.models import create, describe
 
 
@@ -196,6 +197,34 @@ def test_bfloat16_autocast_on_cpu_is_close():
     half = restore(model, x, dtype=torch.bfloat16)
     assert half.dtype == torch.float32
     assert (half - full).abs().max() < 3e-2
+
+
+class _Darken(nn.Module):
+    """A grey 'model' that halves its input, optionally upscaling it by ``scale``."""
+
+    def __init__(self, scale: int = 1):
+        super().__init__()
+        self.n_colors, self.scale = 1, scale
+
+    def forward(self, x):
+        return F.interpolate(x, scale_factor=self.scale, mode="nearest") * 0.5 if self.scale > 1 else x * 0.5
+
+
+@pytest.mark.parametrize("scale", [1, 2])
+def test_restore_luma_restores_y_and_keeps_chroma(scale):
+    rgb = torch.rand(2, 3, 10, 12).sub(0.5).mul(0.1).add(0.5)  # pale: in range after halving Y
+    out = restore_luma(_Darken(scale), rgb, tile=None, scale=scale)
+    assert out.shape == (2, 3, 10 * scale, 12 * scale)
+    got, was = rgb_to_ycbcr(out), rgb_to_ycbcr(rgb)
+    if scale == 1:
+        assert torch.allclose(got[:, 0], was[:, 0] * 0.5, atol=1e-5)
+        assert torch.allclose(got[:, 1:], was[:, 1:], atol=1e-5)
+    else:  # chroma upscaled bicubically: the mean colour is kept
+        assert torch.allclose(got[:, 1:].mean((2, 3)), was[:, 1:].mean((2, 3)), atol=2e-3)
+    with pytest.raises(ValueError, match="image must be an RGB tensor"):
+        restore_luma(_Darken(), torch.rand(1, 1, 8, 8))
+    with pytest.raises(ValueError, match="restore_luma"):  # the plain restore names the way
+        restore(create("fast-jpeg", backend="torch"), rgb)
 
 
 def test_bad_inputs():

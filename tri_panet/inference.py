@@ -22,10 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .data import bicubic_upsample, rgb_to_ycbcr, ycbcr_to_rgb
 from .models import describe
 from .models.common import check_int
 
-__all__ = ["blend_window", "check_tile", "restore", "tile_starts"]
+__all__ = ["blend_window", "check_tile", "restore", "restore_luma", "tile_starts"]
 
 _AUTOCAST_DTYPES = (torch.float16, torch.bfloat16)
 
@@ -193,6 +194,7 @@ def restore(
         raise ValueError(
             f"image has {x.shape[1]} channels but the model expects n_colors={info.n_colors} "
             f"(image shape {tuple(image.shape)})"
+            + ("; restore_luma restores a colour image with a grey model" if info.n_colors == 1 else "")
         )
     scale = info.scale if scale is None else scale
     multiple = info.multiple if multiple is None else multiple
@@ -246,3 +248,24 @@ def restore(
     out = out[:, :, : h * scale, : w * scale].clamp(0.0, 1.0)
     out = out.to(device=image.device, dtype=image.dtype)
     return out[0] if squeeze else out
+
+
+def restore_luma(model, image: torch.Tensor, **kwargs) -> torch.Tensor:
+    """Restore a colour ``image`` [N, 3, H, W] or [3, H, W] in [0, 1] with a one-channel
+    (grey) ``model``: its JFIF luma Y (the grey that Pillow reads and grey models are trained
+    on) goes through :func:`restore` (``kwargs`` as there), the chroma Cb, Cr is kept (for SR
+    upscaled with MATLAB bicubic). Returns RGB [.., 3, H*scale, W*scale], clamped to [0, 1].
+
+    Why: JPEG stores YCbCr and the published JPEG models restore Y only; restoring Y of a
+    colour photo and keeping its colours beats returning it grey.
+    """
+    if not isinstance(image, torch.Tensor) or image.dim() not in (3, 4) or image.shape[-3] != 3:
+        shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+        raise ValueError(f"image must be an RGB tensor [N, 3, H, W] or [3, H, W], got {shape}")
+    ycbcr = rgb_to_ycbcr(image)
+    luma = restore(model, ycbcr[..., :1, :, :], **kwargs)
+    chroma = ycbcr[..., 1:, :, :]
+    scale = luma.shape[-1] // image.shape[-1]
+    if scale > 1:
+        chroma = bicubic_upsample(chroma, scale, clamp=False)
+    return ycbcr_to_rgb(torch.cat([luma, chroma.to(luma.dtype)], dim=-3)).clamp(0.0, 1.0)

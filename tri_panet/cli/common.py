@@ -215,7 +215,12 @@ def task_of(args: argparse.Namespace, info: ModelInfo) -> Task:
 
 
 def inspect_images(
-    paths: Sequence[Path], n_colors: int | None, raw_task: Task | None = None, *, writes_8bit: bool = False
+    paths: Sequence[Path],
+    n_colors: int | None,
+    raw_task: Task | None = None,
+    *,
+    writes_8bit: bool = False,
+    keeps_colour: bool = False,
 ) -> list[ImageHeader]:
     """The headers of the image files ``paths`` (read only: a missing or unreadable file,
     or one above the size guard, fails here, before any work), and on stderr one warning
@@ -223,22 +228,26 @@ def inspect_images(
     replicated to RGB or colour turned grey, alpha, frames, 16 bits (``writes_8bit``: the
     result is written with 8 bits). The same rule for every command. ``raw_task``: the
     files are model inputs, and one-channel files of a task with a raw grey input (a
-    Bayer CFA) are taken as such, not converted."""
+    Bayer CFA) are taken as such, not converted. ``keeps_colour``: colour files of a grey
+    model are not turned grey (:func:`load_input` with ``keep_colour``)."""
     headers = [read_header(p) for p in paths]
     raw = raw_task is not None and raw_task.from_grey is not None
     converted = [h for h in headers if not (raw and h.channels == 1)]
-    for line in loss_notes(converted, n_colors != 1, writes_8bit=writes_8bit):
+    for line in loss_notes(converted, n_colors != 1, writes_8bit=writes_8bit, keeps_colour=keeps_colour):
         print(line, file=sys.stderr)
     return headers
 
 
-def load_input(path: Path, n_colors: int | None, task: Task, channels: int) -> torch.Tensor:
+def load_input(
+    path: Path, n_colors: int | None, task: Task, channels: int, *, keep_colour: bool = False
+) -> torch.Tensor:
     """The image at ``path``, whose file has ``channels`` channels, as the model's input
     [C, H, W]: a one-channel file of a task with a raw grey input (a Bayer CFA) through
-    ``task.from_grey``, any other converted to the model's channels."""
+    ``task.from_grey``, any other converted to the model's channels, except that with
+    ``keep_colour`` a colour file stays RGB (for :func:`tri_panet.inference.restore_luma`)."""
     if channels == 1 and task.from_grey is not None and n_colors != 1:
         return task.from_grey(load_image(path, color=False))
-    return load_image(path, color=n_colors != 1)
+    return load_image(path, color=n_colors != 1 or (keep_colour and channels == 3))
 
 
 def read_input(path: Path, n_colors: int | None, task: Task) -> torch.Tensor:

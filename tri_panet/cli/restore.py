@@ -20,7 +20,7 @@ from ..data.io import IMAGE_EXTENSIONS, list_images, save_image, verify_image
 from ..data.seeding import sample_generator
 from ..device import resolve_device
 from ..evaluation import score
-from ..inference import restore
+from ..inference import restore, restore_luma
 from ..tasks import TASKS, get_task
 from .common import (
     CLIError,
@@ -138,7 +138,10 @@ def run(args: argparse.Namespace) -> int:
     task = task_of(args, info)
     check_degradation_flags(args, task, degrade=args.degrade)
     degradation = fixed_degradation(task, args, info.scale) if args.degrade else None
-    headers = inspect_images([src for _, src, _ in plan], info.n_colors, task, writes_8bit=True)
+    luma_only = info.n_colors == 1 and task.from_grey is None  # a grey model keeps the colours of colour files
+    headers = inspect_images([src for _, src, _ in plan], info.n_colors, task, writes_8bit=True, keeps_colour=luma_only)
+    if luma_only and any(h.channels == 3 for h in headers):
+        print("note: a grey model: colour images get their luma (JFIF Y) restored, their chroma kept", file=sys.stderr)
     shrink = degradation.scale if degradation is not None else 1  # --degrade of sr: the model sees the LR image
     tile = plan_tile(args, model, device, [(h.height // shrink, h.width // shrink) for h in headers])
     for _, src, _ in plan:  # a truncated file fails here, before the first result is written
@@ -149,12 +152,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"restoring {len(plan)} image(s) with {name or source} ({source}), task {task.name}")
     bar = tqdm(plan, unit="img", disable=len(plan) < 2, file=sys.stderr)
     for (i, src, dst), header in zip(bar, headers):
-        x = load_input(src, info.n_colors, task, header.channels)
+        x = load_input(src, info.n_colors, task, header.channels, keep_colour=luma_only)
         clean = None
         if degradation is not None:
             clean = modcrop(x, info.scale)
             x = degradation(clean, sample_generator(args.seed, 0, i))
-        y = restore(
+        y = (restore_luma if luma_only and x.shape[0] == 3 else restore)(
             model,
             x,
             tile=tile,

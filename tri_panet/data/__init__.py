@@ -2,7 +2,7 @@
 
 - :mod:`tri_panet.data.io`: ``load_image``, ``save_image``, ``list_images``.
 - :mod:`tri_panet.data.image`: tensor checks, ``quantize`` (8 bits), ``modcrop``.
-- :mod:`tri_panet.data.degradations`: AWGN, JPEG, Bayer mosaic, RGB -> Y, bilinear
+- :mod:`tri_panet.data.degradations`: AWGN, JPEG, Bayer mosaic, RGB -> Y and JFIF YCbCr, bilinear
   demosaicing, and the :class:`Degradation` objects of the tasks
   (``tri_panet.tasks.make_degradation`` builds them by task name).
 - :mod:`tri_panet.data.matlab_resize`: MATLAB ``imresize`` bicubic (SR inputs and baseline).
@@ -24,6 +24,8 @@ from .degradations import (
     cfa_to_mosaic,
     jpeg_compress,
     rgb_to_y,
+    rgb_to_ycbcr,
+    ycbcr_to_rgb,
 )
 from .image import modcrop, quantize
 from .io import IMAGE_EXTENSIONS, image_channels, list_images, load_image, save_image
@@ -51,6 +53,8 @@ __all__ = [
     "modcrop",
     "quantize",
     "rgb_to_y",
+    "rgb_to_ycbcr",
     "sample_generator",
     "save_image",
+    "ycbcr_to_rgb",
 ]

@@ -51,6 +51,8 @@ __all__ = [
     "cfa_to_mosaic",
     "jpeg_compress",
     "rgb_to_y",
+    "rgb_to_ycbcr",
+    "ycbcr_to_rgb",
 ]
 
 
@@ -91,13 +93,43 @@ def rgb_to_y(img: torch.Tensor) -> torch.Tensor:
     ``img``: [..., 3, H, W] RGB in [0, 1]. Returns [..., 1, H, W] in [16/255, 235/255],
     in the dtype of ``img``.
     """
-    if not isinstance(img, torch.Tensor) or not img.is_floating_point():
-        raise TypeError(f"img must be a floating torch.Tensor, got {type(img).__name__}")
-    if img.dim() < 3 or img.shape[-3] != 3:
-        raise ValueError(f"img must be [..., 3, H, W] RGB, got shape {tuple(img.shape)}")
-    r, g, b = img.unbind(-3)
+    r, g, b = _check_three_channels("img", img, "RGB").unbind(-3)
     y = (16.0 + 65.481 * r + 128.553 * g + 24.966 * b) / 255.0
     return y.unsqueeze(-3)
+
+
+def _check_three_channels(name: str, img: object, what: str) -> torch.Tensor:
+    if not isinstance(img, torch.Tensor) or not img.is_floating_point():
+        raise TypeError(f"{name} must be a floating torch.Tensor, got {type(img).__name__}")
+    if img.dim() < 3 or img.shape[-3] != 3:
+        raise ValueError(f"{name} must be [..., 3, H, W] {what}, got shape {tuple(img.shape)}")
+    return img
+
+
+# JFIF (full-range BT.601), the YCbCr that JPEG files store; its Y is Pillow's "L" luma,
+# the grey that grey models are trained on.
+_JFIF_FROM_RGB = ((0.299, 0.587, 0.114), (-0.168736, -0.331264, 0.5), (0.5, -0.418688, -0.081312))
+_JFIF_TO_RGB = ((1.0, 0.0, 1.402), (1.0, -0.344136, -0.714136), (1.0, 1.772, 0.0))
+_CHROMA_OFFSET = 128.0 / 255.0
+
+
+def rgb_to_ycbcr(img: torch.Tensor) -> torch.Tensor:
+    """RGB -> JFIF YCbCr (full range, as in JPEG files; Y is Pillow's "L" luma), not clamped.
+
+    ``img``: [..., 3, H, W] RGB in [0, 1] -> [..., 3, H, W] (Y, Cb, Cr), Y in [0, 1], Cb and Cr
+    centred on 128/255. Exactly inverted by :func:`ycbcr_to_rgb` (up to rounding).
+    """
+    img = _check_three_channels("img", img, "RGB")
+    matrix = img.new_tensor(_JFIF_FROM_RGB)
+    out = torch.einsum("ij,...jhw->...ihw", matrix, img)
+    return out + img.new_tensor([0.0, _CHROMA_OFFSET, _CHROMA_OFFSET]).view(3, 1, 1)
+
+
+def ycbcr_to_rgb(img: torch.Tensor) -> torch.Tensor:
+    """JFIF YCbCr [..., 3, H, W] (:func:`rgb_to_ycbcr`'s convention) -> RGB, not clamped."""
+    img = _check_three_channels("img", img, "YCbCr")
+    centred = img - img.new_tensor([0.0, _CHROMA_OFFSET, _CHROMA_OFFSET]).view(3, 1, 1)
+    return torch.einsum("ij,...jhw->...ihw", img.new_tensor(_JFIF_TO_RGB), centred)
 
 
 # --------------------------------------------------------------------------- noise

@@ -145,13 +145,14 @@ class ImageHeader:
     bits: int = 8
     frames: int = 1
 
-    def losses(self, color: bool, *, writes_8bit: bool = False) -> tuple[str, ...]:
+    def losses(self, color: bool, *, writes_8bit: bool = False, keeps_colour: bool = False) -> tuple[str, ...]:
         """What ``load_image(path, color=color)`` drops or changes (``LOSS_*`` phrases); with
-        ``writes_8bit`` also that a 16-bit input's result is saved with 8 bits."""
+        ``writes_8bit`` also that a 16-bit input's result is saved with 8 bits; with
+        ``keeps_colour`` a colour file is not turned grey (a grey model restores its luma)."""
         out = []
         if color and self.channels == 1:
             out.append(LOSS_GREY_TO_RGB)
-        if not color and self.channels == 3:
+        if not color and self.channels == 3 and not keeps_colour:
             out.append(LOSS_RGB_TO_GREY)
         if self.alpha:
             out.append(LOSS_ALPHA)
@@ -209,12 +210,14 @@ def image_channels(path: str | os.PathLike) -> int:
     return read_header(path).channels
 
 
-def loss_notes(headers: Iterable[ImageHeader], color: bool, *, writes_8bit: bool = False) -> list[str]:
-    """One ``warning: ...`` line per kind of loss (:meth:`ImageHeader.losses`) among
-    ``headers``, naming the files (the first three, then how many more)."""
+def loss_notes(
+    headers: Iterable[ImageHeader], color: bool, *, writes_8bit: bool = False, keeps_colour: bool = False
+) -> list[str]:
+    """One ``warning: ...`` line per kind of loss (:meth:`ImageHeader.losses`, whose keywords
+    these are) among ``headers``, naming the files (the first three, then how many more)."""
     kinds: dict[str, list[str]] = {}
     for h in headers:
-        for loss in h.losses(color, writes_8bit=writes_8bit):
+        for loss in h.losses(color, writes_8bit=writes_8bit, keeps_colour=keeps_colour):
             kinds.setdefault(loss, []).append(h.path.name)
     return [f"warning: {loss}: {listing(names)}" for loss, names in kinds.items()]
 
