@@ -110,6 +110,7 @@ def _add_flags(p: argparse.ArgumentParser, finetune: bool) -> None:
     g.add_argument("--lr", type=float, default=S, help=f"Adam learning rate (default {lr})")
     g.add_argument("--lr-min", type=float, default=S, help="cosine floor (default 1e-6)")
     g.add_argument("--schedule", choices=("cosine", "step", "constant"), default=S, help="LR schedule (default cosine)")
+    g.add_argument("--loss", choices=("l1", "charbonnier"), default=S, help="training loss (default l1)")
     g.add_argument("--warmup-steps", type=int, default=S, help="linear warmup steps (default 0)")
     g.add_argument("--lr-step", type=int, default=S, help="step schedule: decay every N steps (default steps/2)")
     g.add_argument("--lr-gamma", type=float, default=S, help="step schedule: decay factor (default 0.5)")

@@ -46,6 +46,7 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10 with the tomli bac
 __all__ = ["TrainConfig", "load_toml"]
 
 SCHEDULES = ("cosine", "step", "constant")
+LOSSES = ("l1", "charbonnier")
 AMP_MODES = ("none", "bf16", "fp16")
 
 #: The settings that name files or folders (stored as absolute paths in OUT/config.toml).
@@ -107,6 +108,7 @@ class TrainConfig:
     warmup_steps: int = 0
     lr_step: int = 0  # step schedule: multiply by lr_gamma every lr_step steps (0: steps // 2)
     lr_gamma: float = 0.5
+    loss: str = "l1"  # l1 | charbonnier (sqrt(d^2 + 1e-6), a smooth L1)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     weight_decay: float = 0.0
     grad_clip: float = 0.0  # max global grad norm; 0 disables clipping
@@ -234,6 +236,8 @@ class TrainConfig:
             _check_real(name, getattr(self, name), positive=False)
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         if self.amp not in AMP_MODES:
             raise ValueError(f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
         check_device_name(self.device)

@@ -1,6 +1,6 @@
 """The training engine: :class:`Trainer`.
 
-Training: L1 loss, Adam, linear warmup then a cosine / step / constant schedule
+Training: L1 (or Charbonnier) loss, Adam, linear warmup then a cosine / step / constant schedule
 (:mod:`.schedule`), optional global gradient-norm clipping, bf16/fp16 autocast on GPU (fp16
 with a GradScaler), validation PSNR/SSIM on a held-out folder (:mod:`tri_panet.evaluation`),
 a tqdm bar with loss and images/s, atomic checkpoints (:mod:`.checkpoint`), exact
@@ -53,6 +53,19 @@ from .schedule import lr_factor
 __all__ = ["Trainer"]
 
 _AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+#: Charbonnier's epsilon: sqrt(d^2 + eps^2) is L1 above |d| ~ 1e-3 (a quarter of an 8-bit level).
+CHARBONNIER_EPS = 1e-3
+
+
+def training_loss(name: str, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The mean ``name`` loss ("l1" or "charbonnier") of ``output`` against ``target`` (same shape)."""
+    if name == "l1":
+        return F.l1_loss(output, target)
+    if name == "charbonnier":
+        return torch.sqrt((output - target).square() + CHARBONNIER_EPS**2).mean()
+    raise ValueError(f"loss must be l1 or charbonnier, got {name!r}")
 
 
 class Trainer:
@@ -349,7 +362,7 @@ class Trainer:
 
     def fit(self) -> dict:
         """Train from :attr:`step` to :attr:`end_step`; returns dict(step, loss, val,
-        weights, checkpoint, wall_time_s) (``loss``: the last logged mean L1 loss;
+        weights, checkpoint, wall_time_s) (``loss``: the last logged mean training loss;
         ``weights`` None when the run stopped at ``stop_at`` before ``steps``)."""
         cfg = self.config
         bar = self._progress_bar()
@@ -419,13 +432,13 @@ class Trainer:
         )
 
     def _train_step(self, batch: dict) -> torch.Tensor:
-        """One optimiser step on ``batch``; returns its L1 loss (detached)."""
+        """One optimiser step on ``batch``; returns its loss (detached)."""
         x = batch["input"].to(self.device, non_blocking=True)
         y = batch["target"].to(self.device, non_blocking=True)
         autocast = nullcontext() if self.amp_dtype is None else torch.autocast(self.device.type, dtype=self.amp_dtype)
         with autocast:
             out = self.ddp(x)
-        loss = F.l1_loss(out.float(), y)
+        loss = training_loss(self.config.loss, out.float(), y)
         if not torch.isfinite(loss):
             raise FloatingPointError(self._divergence_message(loss.item()))
         self.optimizer.zero_grad(set_to_none=True)
