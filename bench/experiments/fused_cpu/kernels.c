@@ -1,4 +1,4 @@
-/* The element-wise part of a query tile of pyramid attention on the CPU, fused (driven by cpu_native.py).
+/* The element-wise part of a query tile of pyramid attention on the CPU, fused (driven by fused_cpu.py beside it).
 
 One tile of R x C queries, 3 x 3 patches, maps zero padded by 1. REAL is float or double.
 
