@@ -110,7 +110,7 @@ def main() -> None:
         for size in args.sizes:
             query, keys, values = make_inputs(1, 16, 32, (size, size), pyramid_sizes(size, size))
             opts = dict(options, tile_bytes=torch_tiled.DEFAULT_TILE_BYTES)
-            line = [f"threads {args.threads} size {size} tile {args.tile}:"]
+            line = [f"threads {args.threads} size {size} tile {args.tile}"]
             base = seconds(partial(torch_tiled.forward, query, keys, values, **opts), 3)
             line.append(f"torch path {base * 1e3:.0f} ms")
             for name, fn in (("eager tile", tile_forward), *compiled.items()):
