@@ -14,7 +14,7 @@ One tile of R x C queries, 3 x 3 patches, maps zero padded by 1. REAL is float o
   Patch score of query t and slot v of level l: sum over a, b < 3 of
   G[u(t) + a (C + 2) + b, pad_off[l] + v + a (w_l + 2) + b],   u(t) = i (C + 2) + j.
 
-Compiled at first use (cc -O3 -march=native -ffast-math -fopenmp; -ffast-math lets the compiler
+Compiled by fused_cpu.py (cc -O3 -march=native -ffast-math -fopenmp; -ffast-math lets the compiler
 call the vector math library for exp and vectorise the max and sum reductions; the bias keeps
 every value finite, as -ffinite-math-only needs). */
 
