@@ -34,6 +34,7 @@ from pathlib import Path
 
 from ..device import check_device_name
 from ..tasks import LEVELS, SCALED_TASKS, Level, get_task
+from .losses import LOSSES
 
 try:  # Python >= 3.11
     import tomllib
@@ -46,7 +47,6 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10 with the tomli bac
 __all__ = ["TrainConfig", "load_toml"]
 
 SCHEDULES = ("cosine", "step", "constant")
-LOSSES = ("l1", "charbonnier")
 AMP_MODES = ("none", "bf16", "fp16")
 
 #: The settings that name files or folders (stored as absolute paths in OUT/config.toml).
@@ -108,7 +108,7 @@ class TrainConfig:
     warmup_steps: int = 0
     lr_step: int = 0  # step schedule: multiply by lr_gamma every lr_step steps (0: steps // 2)
     lr_gamma: float = 0.5
-    loss: str = "l1"  # l1 | charbonnier (sqrt(d^2 + 1e-6), a smooth L1)
+    loss: str = "l1"  # a name of losses.LOSSES: l1 | charbonnier (a smooth L1)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     weight_decay: float = 0.0
     grad_clip: float = 0.0  # max global grad norm; 0 disables clipping

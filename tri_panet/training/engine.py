@@ -31,7 +31,6 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -47,25 +46,13 @@ from . import checkpoint as ckpt
 from .config import TrainConfig
 from .dataset import RestorationDataset
 from .distributed import DistInfo, all_reduce_mean, barrier, dist_info
+from .losses import LOSSES
 from .sampler import EpochIndexed, StepBatchSampler
 from .schedule import lr_factor
 
 __all__ = ["Trainer"]
 
 _AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-#: Charbonnier's epsilon: sqrt(d^2 + eps^2) is L1 above |d| ~ 1e-3 (a quarter of an 8-bit level).
-CHARBONNIER_EPS = 1e-3
-
-
-def training_loss(name: str, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """The mean ``name`` loss ("l1" or "charbonnier") of ``output`` against ``target`` (same shape)."""
-    if name == "l1":
-        return F.l1_loss(output, target)
-    if name == "charbonnier":
-        return torch.sqrt((output - target).square() + CHARBONNIER_EPS**2).mean()
-    raise ValueError(f"loss must be l1 or charbonnier, got {name!r}")
 
 
 class Trainer:
@@ -438,7 +425,7 @@ class Trainer:
         autocast = nullcontext() if self.amp_dtype is None else torch.autocast(self.device.type, dtype=self.amp_dtype)
         with autocast:
             out = self.ddp(x)
-        loss = training_loss(self.config.loss, out.float(), y)
+        loss = LOSSES[self.config.loss](out.float(), y)
         if not torch.isfinite(loss):
             raise FloatingPointError(self._divergence_message(loss.item()))
         self.optimizer.zero_grad(set_to_none=True)
