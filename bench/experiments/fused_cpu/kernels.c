@@ -18,24 +18,7 @@ Compiled by fused_cpu.py (cc -O3 -march=native -ffast-math -fopenmp; -ffast-math
 call the vector math library for exp and vectorise the max and sum reductions; the bias keeps
 every value finite, as -ffinite-math-only needs). */
 
-#include <stdlib.h>
-#include <string.h>
-#include <tgmath.h> /* exp and log of REAL: expf, logf for float */
-
-#define CAT_(a, b) a##b
-#define CAT(a, b) CAT_(a, b)
-#define NAME(base) CAT(base, SUFFIX)
-
-/* exp(x), or 0 where x < -80 (exp(-80) = 2e-35: far below what a sum of weights >= 1 can tell apart).
-   Clamping first keeps the vector exp off its slow path for huge negative arguments (the bias) and
-   off subnormal results, without flushing subnormals process-wide as linking with -ffast-math would. */
-#define EXP_OR_ZERO(x) ((x) < -80 ? (REAL)0 : exp((x) < -80 ? (REAL)-80 : (x)))
-
-typedef struct {
-    int R, C, n_levels;
-    long n_cols, n_slots;
-    const long *w, *n_level_slots, *pad_off, *slot_off; /* per level */
-} NAME(tile_layout);
+#include "common.h"
 
 /* Patch scores of query t with every slot: out[v] = scale[v] * (patch sum) + bias[v], and their max;
    with scale NULL the raw patch sums (and 0). */
