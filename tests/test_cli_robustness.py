@@ -26,7 +26,7 @@ from tri_panet.models import read_metadata
 
 TRAIN = (
     "task = 'denoise'\nsteps = 2\nbatch_size = 2\npatch_size = 16\nlr = 1e-3\nthreads = 1\nprogress = false\n"
-    "ckpt_every = 1\nlog_every = 1\n"
+    "ckpt_every = 1\nlog_every = 1\nwarmup_steps = 0\ngrad_clip = 0.0\n"  # the tests' schedule, not the defaults
 )
 MODEL_ARGS = "[model_args]\nn_feats = 8\nn_resblocks = 2\nscales = [1.0, 0.5]\n"
 

@@ -9,7 +9,7 @@ import json
 from ..tasks import LEVELS, SCALES, TASKS
 from .common import CLIError, add_large_images_flag, task_help
 
-#: finetune's default learning rate (train keeps TrainConfig's, 2e-4).
+#: finetune's default learning rate (train keeps TrainConfig's, 1e-3).
 FINETUNE_LR = 5e-5
 
 #: Namespace entries that are not TrainConfig fields (every other flag's destination is one).
@@ -106,16 +106,16 @@ def _add_flags(p: argparse.ArgumentParser, finetune: bool) -> None:
         help="stop after STEP, checkpointed, and continue later with --resume (the schedule still follows --steps)",
     )
     g.add_argument("--batch-size", type=int, default=S, help="patches per step and process (default 8)")
-    lr = "5e-5" if finetune else "2e-4"
+    lr = "5e-5" if finetune else "1e-3"
     g.add_argument("--lr", type=float, default=S, help=f"Adam learning rate (default {lr})")
     g.add_argument("--lr-min", type=float, default=S, help="cosine floor (default 1e-6)")
     g.add_argument("--schedule", choices=("cosine", "step", "constant"), default=S, help="LR schedule (default cosine)")
     g.add_argument("--loss", choices=("l1", "charbonnier"), default=S, help="training loss (default l1)")
-    g.add_argument("--warmup-steps", type=int, default=S, help="linear warmup steps (default 0)")
+    g.add_argument("--warmup-steps", type=int, default=S, help="linear warmup steps (default 100)")
     g.add_argument("--lr-step", type=int, default=S, help="step schedule: decay every N steps (default steps/2)")
     g.add_argument("--lr-gamma", type=float, default=S, help="step schedule: decay factor (default 0.5)")
     g.add_argument("--weight-decay", type=float, default=S, help="Adam weight decay (default 0)")
-    g.add_argument("--grad-clip", type=float, default=S, help="clip the global grad norm (default 0: off)")
+    g.add_argument("--grad-clip", type=float, default=S, help="clip the global grad norm (default 1.0; 0: off)")
     g.add_argument("--amp", choices=("none", "bf16", "fp16"), default=S, help="mixed precision (GPU; default none)")
     g.add_argument("--device", default=S, help="auto, cpu, cuda (default auto)")
     g.add_argument("--threads", type=int, default=S, help="torch CPU threads (default: torch's)")
