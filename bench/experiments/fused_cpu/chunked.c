@@ -160,6 +160,25 @@ static void NAME(paste_down)(const REAL *A, long R, long wc, long nv, long wp, l
     }
 }
 
+/* One chunk of key rows p0 .. p0 + P - 1 of level l: the level's padded width wp, its Gram / paste
+   block width gw (the chunk's rows and two more, rounded up to JB), its nv key slots from slot s0
+   and its block's first padded-map column col0. */
+typedef struct {
+    long wp, P, gw, nv, s0, col0;
+} NAME(chunk);
+
+static NAME(chunk) NAME(chunk_at)(const NAME(tile_layout) * L, int l, long p0, long chunk_rows) {
+    const long wp = L->w[l] + 2, h = L->n_level_slots[l] / wp, P = h - p0 < chunk_rows ? h - p0 : chunk_rows;
+    return (NAME(chunk)){wp, P, ((P + 2) * wp + 2 + JB - 1) / JB * JB, P * wp, L->slot_off[l] + p0 * wp,
+                         L->pad_off[l] + p0 * wp};
+}
+
+/* Loop over every chunk of every level (ch: the chunk, in order). */
+#define FOR_EACH_CHUNK(L, chunk_rows, ch)                                                   \
+    for (int l_ = 0; l_ < (L)->n_levels; l_++)                                              \
+        for (long p0_ = 0; p0_ < (L)->n_level_slots[l_] / ((L)->w[l_] + 2); p0_ += (chunk_rows)) \
+            for (NAME(chunk) ch = NAME(chunk_at)((L), l_, p0_, (chunk_rows)), *once_ = &ch; once_; once_ = NULL)
+
 /* One image. tile_rows x tile_cols query tiles, chunks of chunk_rows key rows. */
 void NAME(image_forward)(const NAME(tile_layout) * L, int H, int W, int tile_rows, int tile_cols, int chunk_rows,
                          const REAL *query_padded, const REAL *keys, const REAL *values, const REAL *scale,
@@ -185,12 +204,10 @@ void NAME(image_forward)(const NAME(tile_layout) * L, int H, int W, int tile_row
             for (long t = 0; t < n_q; t++) m[t] = -1e30, sum[t] = 0;
             /* pass 1: per chunk, patch scores, then exp(score - running max) into S (online softmax) */
             long ci = 0;
-            for (int l = 0; l < L->n_levels; l++) {
-                const long wp = L->w[l] + 2, h = L->n_level_slots[l] / wp;
-                for (long p0 = 0; p0 < h; p0 += chunk_rows) {
-                    const long P = h - p0 < chunk_rows ? h - p0 : chunk_rows, gw = ((P + 2) * wp + 2 + JB - 1) / JB * JB, nv = P * wp;
-                    NAME(gram)(win, n_win, CQ, keys, key_stride, L->pad_off[l] + p0 * wp, gw, G);
-                    const long s0 = L->slot_off[l] + p0 * wp;
+            FOR_EACH_CHUNK(L, chunk_rows, ch) {
+                {
+                    const long wp = ch.wp, gw = ch.gw, nv = ch.nv, s0 = ch.s0;
+                    NAME(gram)(win, n_win, CQ, keys, key_stride, ch.col0, gw, G);
                     const REAL *restrict sc = scale + s0, *restrict bi = bias + s0;
                     for (long t = 0; t < n_q; t++) {
                         const long u = (t / C) * wc + t % C;
@@ -225,18 +242,16 @@ void NAME(image_forward)(const NAME(tile_layout) * L, int H, int W, int tile_row
             /* pass 3: per chunk, paste the weights (separably: over b into A, over a into G) and multiply by the values */
             memset(acc, 0, sizeof(REAL) * n_win * CV);
             ci = 0;
-            for (int l = 0; l < L->n_levels; l++) {
-                const long wp = L->w[l] + 2, h = L->n_level_slots[l] / wp;
-                for (long p0 = 0; p0 < h; p0 += chunk_rows) {
-                    const long P = h - p0 < chunk_rows ? h - p0 : chunk_rows, gw = ((P + 2) * wp + 2 + JB - 1) / JB * JB, nv = P * wp;
-                    const long s0 = L->slot_off[l] + p0 * wp;
+            FOR_EACH_CHUNK(L, chunk_rows, ch) {
+                {
+                    const long wp = ch.wp, gw = ch.gw, nv = ch.nv, s0 = ch.s0;
                     for (long t = 0; t < n_q; t++) weight[t] = rs[t] * EXP_OR_ZERO(chunk_max[t * n_chunks + ci] - m[t]);
                     NAME(paste_across)(S, n_slots, s0, weight, R, C, nv, A);
                     /* UB window pixels at a time: their pasted rows (in L1), then their value product */
                     for (long u0 = 0; u0 < n_win; u0 += UB) {
                         const long nu = n_win - u0 < UB ? n_win - u0 : UB;
                         NAME(paste_down)(A, R, wc, nv, wp, gw, u0, nu, G);
-                        NAME(row_product)(G, nu, gw, values + (L->pad_off[l] + p0 * wp) * CV, CV, acc + u0 * CV);
+                        NAME(row_product)(G, nu, gw, values + ch.col0 * CV, CV, acc + u0 * CV);
                     }
                     ci++;
                 }
@@ -284,11 +299,9 @@ void NAME(image_backward)(const NAME(tile_layout) * L, int H, int W, int tile_ro
             }
             for (long t = 0; t < n_q; t++) dot[t] = 0, tl[t] = lse[(y0 + t / C) * W + x0 + t % C];
             /* pass 1 */
-            for (int l = 0; l < L->n_levels; l++) {
-                const long wp = L->w[l] + 2, h = L->n_level_slots[l] / wp;
-                for (long p0 = 0; p0 < h; p0 += chunk_rows) {
-                    const long P = h - p0 < chunk_rows ? h - p0 : chunk_rows, gw = ((P + 2) * wp + 2 + JB - 1) / JB * JB, nv = P * wp;
-                    const long s0 = L->slot_off[l] + p0 * wp, col0 = L->pad_off[l] + p0 * wp;
+            FOR_EACH_CHUNK(L, chunk_rows, ch) {
+                {
+                    const long wp = ch.wp, gw = ch.gw, nv = ch.nv, s0 = ch.s0, col0 = ch.col0;
                     const REAL *restrict sc = scale + s0, *restrict bi = bias + s0;
                     PHASE(0, NAME(gram)(win, n_win, CQ, keys, key_stride, col0, gw, G));
                     PHASE(1, for (long t = 0; t < n_q; t++) NAME(patch_sums)(G, gw, wc, wp, (t / C) * wc + t % C, nv, raw + t * n_slots + s0));
@@ -309,11 +322,9 @@ void NAME(image_backward)(const NAME(tile_layout) * L, int H, int W, int tile_ro
             }
             /* pass 2 */
             memset(gq, 0, sizeof(REAL) * n_win * CQ);
-            for (int l = 0; l < L->n_levels; l++) {
-                const long wp = L->w[l] + 2, h = L->n_level_slots[l] / wp;
-                for (long p0 = 0; p0 < h; p0 += chunk_rows) {
-                    const long P = h - p0 < chunk_rows ? h - p0 : chunk_rows, gw = ((P + 2) * wp + 2 + JB - 1) / JB * JB, nv = P * wp;
-                    const long s0 = L->slot_off[l] + p0 * wp, col0 = L->pad_off[l] + p0 * wp;
+            FOR_EACH_CHUNK(L, chunk_rows, ch) {
+                {
+                    const long wp = ch.wp, gw = ch.gw, nv = ch.nv, s0 = ch.s0, col0 = ch.col0;
                     const REAL *restrict sc = scale + s0, *restrict bi = bias + s0;
                     REAL *restrict gs = grad_scale + s0;
                     const double t4 = now();

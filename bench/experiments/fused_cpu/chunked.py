@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from fused_cpu import OPTIONS, Levels, inputs, ptr
+from fused_cpu import OPTIONS, Levels, inputs, ptr, unpad_gradients
 
 from tri_panet.ops import torch_tiled
 
@@ -67,7 +67,6 @@ def backward(grad_out, query, keys, values, lse, tile: int, chunk: int):
     grad_query = query.new_zeros(batch, height + 2, width + 2, cq)
     grad_keys, grad_values = [torch.zeros_like(k) for k in keys], [torch.zeros_like(v) for v in values]
     lse = lse.view(batch, height, width)
-    scale, eps = OPTIONS["softmax_scale"], OPTIONS["key_eps"]
     for b in range(batch):
         lv = Levels(keys, values, b, dtype)
         layout = lv.layout(tile, tile)
@@ -82,16 +81,7 @@ def backward(grad_out, query, keys, values, lse, tile: int, chunk: int):
         fn(ctypes.byref(layout), height, width, tile, tile, chunk, ptr(query_padded), ptr(grad_padded), ptr(keys_ext),
            ptr(keys_t), ptr(values_t), ptr(lv.scale), ptr(lv.bias), ptr(lse_b), ptr(grad_query_b),
            ptr(grad_keys_padded), ptr(grad_values_padded), ptr(grad_scale))  # fmt: skip
-        # through scale = SCALE / max(norm, EPS), as torch_tiled.backward
-        norms = lv.norms
-        inverse = scale / norms.clamp_min(eps)
-        grad_norms = torch.where(norms >= eps, -lv.from_slots(grad_scale) * inverse / norms.clamp_min(eps), 0)
-        coefficient = (grad_norms / norms.clamp_min(eps)).split([h * w for h, w in lv.shapes])
-        for i, (h, w) in enumerate(lv.shapes):
-            c = F.avg_pool2d(coefficient[i].view(1, 1, h, w), 3, 1, 1, count_include_pad=True)[0, 0] * 9
-            inner = (slice(None), slice(1, h + 1), slice(1, w + 1))
-            grad_keys[i][b] = grad_keys_padded[lv.pad_slices[i]].t().reshape(cq, h + 2, w + 2)[inner] + keys[i][b] * c
-            grad_values[i][b] = grad_values_padded[lv.pad_slices[i]].t().reshape(cv, h + 2, w + 2)[inner]
+        unpad_gradients(lv, keys, b, grad_scale, grad_keys_padded, grad_values_padded, grad_keys, grad_values)
     return grad_query[:, 1 : height + 1, 1 : width + 1].permute(0, 3, 1, 2).contiguous(), grad_keys, grad_values
 
 

@@ -167,6 +167,22 @@ def forward(query, keys, values, tile: int, threads: int):
     return out[:, 1 : height + 1, 1 : width + 1].permute(0, 3, 1, 2) / DIVISOR, lse.view(batch, -1)
 
 
+def unpad_gradients(lv, keys, b, grad_scale, grad_keys_padded, grad_values_padded, grad_keys, grad_values) -> None:
+    """Image ``b``'s key and value gradients from the padded side-by-side maps [n_cols, C] and the
+    gradient of the per-slot score scale (through scale = SCALE / max(norm, EPS), as
+    torch_tiled.backward), into grad_keys[l][b] and grad_values[l][b]."""
+    cq, cv = grad_keys_padded.shape[1], grad_values_padded.shape[1]
+    norms = lv.norms
+    inverse = SCALE / norms.clamp_min(EPS)
+    grad_norms = torch.where(norms >= EPS, -lv.from_slots(grad_scale) * inverse / norms.clamp_min(EPS), 0)
+    coefficient = (grad_norms / norms.clamp_min(EPS)).split([h * w for h, w in lv.shapes])
+    for i, (h, w) in enumerate(lv.shapes):
+        c = F.avg_pool2d(coefficient[i].view(1, 1, h, w), 3, 1, 1, count_include_pad=True)[0, 0] * 9
+        inner = (slice(None), slice(1, h + 1), slice(1, w + 1))
+        grad_keys[i][b] = grad_keys_padded[lv.pad_slices[i]].t().reshape(cq, h + 2, w + 2)[inner] + keys[i][b] * c
+        grad_values[i][b] = grad_values_padded[lv.pad_slices[i]].t().reshape(cv, h + 2, w + 2)[inner]
+
+
 def backward(grad_out, query, keys, values, lse, tile: int, threads: int):
     """(grad_query, grad_keys, grad_values) as torch_tiled.backward."""
     batch, cq, height, width = query.shape
@@ -199,16 +215,7 @@ def backward(grad_out, query, keys, values, lse, tile: int, threads: int):
             grad_query[b, y0 : y0 + rows + 2, x0 : x0 + cols + 2] += torch.mm(pasted_grad, keys_t).view(
                 rows + 2, cols + 2, cq
             )
-        # through scale = SCALE / max(norm, EPS), as torch_tiled.backward
-        norms = lv.norms
-        inverse = SCALE / norms.clamp_min(EPS)
-        grad_norms = torch.where(norms >= EPS, -lv.from_slots(grad_scale) * inverse / norms.clamp_min(EPS), 0)
-        coefficient = (grad_norms / norms.clamp_min(EPS)).split([h * w for h, w in lv.shapes])
-        for i, (h, w) in enumerate(lv.shapes):
-            c = F.avg_pool2d(coefficient[i].view(1, 1, h, w), 3, 1, 1, count_include_pad=True)[0, 0] * 9
-            inner = (slice(None), slice(1, h + 1), slice(1, w + 1))
-            grad_keys[i][b] = grad_keys_padded[lv.pad_slices[i]].t().reshape(cq, h + 2, w + 2)[inner] + keys[i][b] * c
-            grad_values[i][b] = grad_values_padded[lv.pad_slices[i]].t().reshape(cv, h + 2, w + 2)[inner]
+        unpad_gradients(lv, keys, b, grad_scale, grad_keys_padded, grad_values_padded, grad_keys, grad_values)
     return grad_query[:, 1 : height + 1, 1 : width + 1].permute(0, 3, 1, 2).contiguous(), grad_keys, grad_values
 
 
