@@ -167,9 +167,12 @@ typedef struct {
     long wp, P, gw, nv, s0, col0;
 } NAME(chunk);
 
+/* Width of the Gram / paste block of P key rows of a level of padded width wp. */
+static long block_width(long P, long wp) { return ((P + 2) * wp + 2 + JB - 1) / JB * JB; }
+
 static NAME(chunk) NAME(chunk_at)(const NAME(tile_layout) * L, int l, long p0, long chunk_rows) {
     const long wp = L->w[l] + 2, h = L->n_level_slots[l] / wp, P = h - p0 < chunk_rows ? h - p0 : chunk_rows;
-    return (NAME(chunk)){wp, P, ((P + 2) * wp + 2 + JB - 1) / JB * JB, P * wp, L->slot_off[l] + p0 * wp,
+    return (NAME(chunk)){wp, P, block_width(P, wp), P * wp, L->slot_off[l] + p0 * wp,
                          L->pad_off[l] + p0 * wp};
 }
 
@@ -186,7 +189,7 @@ void NAME(image_forward)(const NAME(tile_layout) * L, int H, int W, int tile_row
     const long key_stride = L->n_cols, n_slots = L->n_slots;
     long max_wp = 0;
     for (int l = 0; l < L->n_levels; l++) max_wp = L->w[l] + 2 > max_wp ? L->w[l] + 2 : max_wp;
-    const long max_win = (long)(tile_rows + 2) * (tile_cols + 2), max_gw = ((chunk_rows + 2) * max_wp + 2 + JB - 1) / JB * JB;
+    const long max_win = (long)(tile_rows + 2) * (tile_cols + 2), max_gw = block_width(chunk_rows, max_wp);
     REAL *win = malloc(sizeof(REAL) * max_win * CQ), *S = malloc(sizeof(REAL) * tile_rows * tile_cols * n_slots);
     REAL *G = malloc(sizeof(REAL) * max_win * max_gw), *A = malloc(sizeof(REAL) * max_win * max_gw);
     REAL *acc = malloc(sizeof(REAL) * max_win * CV), *rs = malloc(sizeof(REAL) * tile_rows * tile_cols);
@@ -205,35 +208,33 @@ void NAME(image_forward)(const NAME(tile_layout) * L, int H, int W, int tile_row
             /* pass 1: per chunk, patch scores, then exp(score - running max) into S (online softmax) */
             long ci = 0;
             FOR_EACH_CHUNK(L, chunk_rows, ch) {
-                {
-                    const long wp = ch.wp, gw = ch.gw, nv = ch.nv, s0 = ch.s0;
-                    NAME(gram)(win, n_win, CQ, keys, key_stride, ch.col0, gw, G);
-                    const REAL *restrict sc = scale + s0, *restrict bi = bias + s0;
-                    for (long t = 0; t < n_q; t++) {
-                        const long u = (t / C) * wc + t % C;
-                        const REAL *g = G + u * gw;
-                        const REAL *restrict g0 = g, *restrict g1 = g + gw + 1, *restrict g2 = g + 2 * (gw + 1);
-                        const REAL *restrict g3 = g + wc * gw + wp, *restrict g4 = g3 + gw + 1, *restrict g5 = g3 + 2 * (gw + 1);
-                        const REAL *restrict g6 = g + 2 * (wc * gw + wp), *restrict g7 = g6 + gw + 1, *restrict g8 = g6 + 2 * (gw + 1);
-                        REAL *restrict o = S + t * n_slots + s0;
-                        REAL mt = m[t], chunk_sum = 0;
+                const long wp = ch.wp, gw = ch.gw, nv = ch.nv, s0 = ch.s0;
+                NAME(gram)(win, n_win, CQ, keys, key_stride, ch.col0, gw, G);
+                const REAL *restrict sc = scale + s0, *restrict bi = bias + s0;
+                for (long t = 0; t < n_q; t++) {
+                    const long u = (t / C) * wc + t % C;
+                    const REAL *g = G + u * gw;
+                    const REAL *restrict g0 = g, *restrict g1 = g + gw + 1, *restrict g2 = g + 2 * (gw + 1);
+                    const REAL *restrict g3 = g + wc * gw + wp, *restrict g4 = g3 + gw + 1, *restrict g5 = g3 + 2 * (gw + 1);
+                    const REAL *restrict g6 = g + 2 * (wc * gw + wp), *restrict g7 = g6 + gw + 1, *restrict g8 = g6 + 2 * (gw + 1);
+                    REAL *restrict o = S + t * n_slots + s0;
+                    REAL mt = m[t], chunk_sum = 0;
 #pragma omp simd reduction(max : mt)
-                        for (long v = 0; v < nv; v++) {
-                            const REAL s = sc[v] * (g0[v] + g1[v] + g2[v] + g3[v] + g4[v] + g5[v] + g6[v] + g7[v] + g8[v]) + bi[v];
-                            o[v] = s;
-                            mt = s > mt ? s : mt;
-                        }
-#pragma omp simd reduction(+ : chunk_sum)
-                        for (long v = 0; v < nv; v++) {
-                            o[v] = EXP_OR_ZERO(o[v] - mt);
-                            chunk_sum += o[v];
-                        }
-                        sum[t] = sum[t] * EXP_OR_ZERO(m[t] - mt) + chunk_sum;
-                        m[t] = mt;
-                        chunk_max[t * n_chunks + ci] = mt;
+                    for (long v = 0; v < nv; v++) {
+                        const REAL s = sc[v] * (g0[v] + g1[v] + g2[v] + g3[v] + g4[v] + g5[v] + g6[v] + g7[v] + g8[v]) + bi[v];
+                        o[v] = s;
+                        mt = s > mt ? s : mt;
                     }
-                    ci++;
+#pragma omp simd reduction(+ : chunk_sum)
+                    for (long v = 0; v < nv; v++) {
+                        o[v] = EXP_OR_ZERO(o[v] - mt);
+                        chunk_sum += o[v];
+                    }
+                    sum[t] = sum[t] * EXP_OR_ZERO(m[t] - mt) + chunk_sum;
+                    m[t] = mt;
+                    chunk_max[t * n_chunks + ci] = mt;
                 }
+                ci++;
             }
             for (long t = 0; t < n_q; t++) {
                 rs[t] = 1 / sum[t];
@@ -243,18 +244,16 @@ void NAME(image_forward)(const NAME(tile_layout) * L, int H, int W, int tile_row
             memset(acc, 0, sizeof(REAL) * n_win * CV);
             ci = 0;
             FOR_EACH_CHUNK(L, chunk_rows, ch) {
-                {
-                    const long wp = ch.wp, gw = ch.gw, nv = ch.nv, s0 = ch.s0;
-                    for (long t = 0; t < n_q; t++) weight[t] = rs[t] * EXP_OR_ZERO(chunk_max[t * n_chunks + ci] - m[t]);
-                    NAME(paste_across)(S, n_slots, s0, weight, R, C, nv, A);
-                    /* UB window pixels at a time: their pasted rows (in L1), then their value product */
-                    for (long u0 = 0; u0 < n_win; u0 += UB) {
-                        const long nu = n_win - u0 < UB ? n_win - u0 : UB;
-                        NAME(paste_down)(A, R, wc, nv, wp, gw, u0, nu, G);
-                        NAME(row_product)(G, nu, gw, values + ch.col0 * CV, CV, acc + u0 * CV);
-                    }
-                    ci++;
+                const long wp = ch.wp, gw = ch.gw, nv = ch.nv, s0 = ch.s0;
+                for (long t = 0; t < n_q; t++) weight[t] = rs[t] * EXP_OR_ZERO(chunk_max[t * n_chunks + ci] - m[t]);
+                NAME(paste_across)(S, n_slots, s0, weight, R, C, nv, A);
+                /* UB window pixels at a time: their pasted rows (in L1), then their value product */
+                for (long u0 = 0; u0 < n_win; u0 += UB) {
+                    const long nu = n_win - u0 < UB ? n_win - u0 : UB;
+                    NAME(paste_down)(A, R, wc, nv, wp, gw, u0, nu, G);
+                    NAME(row_product)(G, nu, gw, values + ch.col0 * CV, CV, acc + u0 * CV);
                 }
+                ci++;
             }
             for (long y = 0; y < R + 2; y++) {
                 REAL *restrict o = out + ((y0 + y) * (W + 2) + x0) * CV;
@@ -281,7 +280,7 @@ void NAME(image_backward)(const NAME(tile_layout) * L, int H, int W, int tile_ro
     const long key_stride = L->n_cols, n_slots = L->n_slots;
     long max_wp = 0;
     for (int l = 0; l < L->n_levels; l++) max_wp = L->w[l] + 2 > max_wp ? L->w[l] + 2 : max_wp;
-    const long max_win = (long)(tile_rows + 2) * (tile_cols + 2), max_gw = ((chunk_rows + 2) * max_wp + 2 + JB - 1) / JB * JB;
+    const long max_win = (long)(tile_rows + 2) * (tile_cols + 2), max_gw = block_width(chunk_rows, max_wp);
     const long max_q = (long)tile_rows * tile_cols;
     REAL *win = malloc(sizeof(REAL) * max_win * CQ), *dwin = malloc(sizeof(REAL) * max_win * CV);
     REAL *raw = malloc(sizeof(REAL) * max_q * n_slots), *dp = malloc(sizeof(REAL) * max_q * n_slots);
@@ -300,54 +299,50 @@ void NAME(image_backward)(const NAME(tile_layout) * L, int H, int W, int tile_ro
             for (long t = 0; t < n_q; t++) dot[t] = 0, tl[t] = lse[(y0 + t / C) * W + x0 + t % C];
             /* pass 1 */
             FOR_EACH_CHUNK(L, chunk_rows, ch) {
-                {
-                    const long wp = ch.wp, gw = ch.gw, nv = ch.nv, s0 = ch.s0, col0 = ch.col0;
-                    const REAL *restrict sc = scale + s0, *restrict bi = bias + s0;
-                    PHASE(0, NAME(gram)(win, n_win, CQ, keys, key_stride, col0, gw, G));
-                    PHASE(1, for (long t = 0; t < n_q; t++) NAME(patch_sums)(G, gw, wc, wp, (t / C) * wc + t % C, nv, raw + t * n_slots + s0));
-                    PHASE(2, NAME(gram)(dwin, n_win, CV, values_t, key_stride, col0, gw, G));
-                    const double t3 = now();
-                    for (long t = 0; t < n_q; t++) {
-                        REAL *restrict d = dp + t * n_slots + s0;
-                        const REAL *restrict r = raw + t * n_slots + s0;
-                        NAME(patch_sums)(G, gw, wc, wp, (t / C) * wc + t % C, nv, d);
-                        REAL sum = 0;
-                        const REAL lt = tl[t];
+                const long wp = ch.wp, gw = ch.gw, nv = ch.nv, s0 = ch.s0, col0 = ch.col0;
+                const REAL *restrict sc = scale + s0, *restrict bi = bias + s0;
+                PHASE(0, NAME(gram)(win, n_win, CQ, keys, key_stride, col0, gw, G));
+                PHASE(1, for (long t = 0; t < n_q; t++) NAME(patch_sums)(G, gw, wc, wp, (t / C) * wc + t % C, nv, raw + t * n_slots + s0));
+                PHASE(2, NAME(gram)(dwin, n_win, CV, values_t, key_stride, col0, gw, G));
+                const double t3 = now();
+                for (long t = 0; t < n_q; t++) {
+                    REAL *restrict d = dp + t * n_slots + s0;
+                    const REAL *restrict r = raw + t * n_slots + s0;
+                    NAME(patch_sums)(G, gw, wc, wp, (t / C) * wc + t % C, nv, d);
+                    REAL sum = 0;
+                    const REAL lt = tl[t];
 #pragma omp simd reduction(+ : sum)
-                        for (long v = 0; v < nv; v++) sum += EXP_OR_ZERO(sc[v] * r[v] + bi[v] - lt) * d[v];
-                        dot[t] += sum;
-                    }
-                    phase_add(3, t3);
+                    for (long v = 0; v < nv; v++) sum += EXP_OR_ZERO(sc[v] * r[v] + bi[v] - lt) * d[v];
+                    dot[t] += sum;
                 }
+                phase_add(3, t3);
             }
             /* pass 2 */
             memset(gq, 0, sizeof(REAL) * n_win * CQ);
             FOR_EACH_CHUNK(L, chunk_rows, ch) {
-                {
-                    const long wp = ch.wp, gw = ch.gw, nv = ch.nv, s0 = ch.s0, col0 = ch.col0;
-                    const REAL *restrict sc = scale + s0, *restrict bi = bias + s0;
-                    REAL *restrict gs = grad_scale + s0;
-                    const double t4 = now();
-                    for (long t = 0; t < n_q; t++) {
-                        REAL *restrict r = raw + t * n_slots + s0, *restrict d = dp + t * n_slots + s0;
-                        const REAL lt = tl[t], dt = dot[t];
+                const long wp = ch.wp, gw = ch.gw, nv = ch.nv, s0 = ch.s0, col0 = ch.col0;
+                const REAL *restrict sc = scale + s0, *restrict bi = bias + s0;
+                REAL *restrict gs = grad_scale + s0;
+                const double t4 = now();
+                for (long t = 0; t < n_q; t++) {
+                    REAL *restrict r = raw + t * n_slots + s0, *restrict d = dp + t * n_slots + s0;
+                    const REAL lt = tl[t], dt = dot[t];
 #pragma omp simd
-                        for (long v = 0; v < nv; v++) {
-                            const REAL p = EXP_OR_ZERO(sc[v] * r[v] + bi[v] - lt), ds = p * (d[v] - dt);
-                            gs[v] += ds * r[v];
-                            r[v] = p;
-                            d[v] = ds * sc[v];
-                        }
+                    for (long v = 0; v < nv; v++) {
+                        const REAL p = EXP_OR_ZERO(sc[v] * r[v] + bi[v] - lt), ds = p * (d[v] - dt);
+                        gs[v] += ds * r[v];
+                        r[v] = p;
+                        d[v] = ds * sc[v];
                     }
-                    phase_add(4, t4);
-                    PHASE(5, NAME(paste_across)(raw, n_slots, s0, NULL, R, C, nv, A));
-                    PHASE(6, NAME(paste_down)(A, R, wc, nv, wp, gw, 0, n_win, pasted_w));
-                    PHASE(7, NAME(column_product)(pasted_w, n_win, gw, dwin, CV, grad_values + col0 * CV));
-                    PHASE(5, NAME(paste_across)(dp, n_slots, s0, NULL, R, C, nv, A));
-                    PHASE(6, NAME(paste_down)(A, R, wc, nv, wp, gw, 0, n_win, pasted_g));
-                    PHASE(8, NAME(row_product)(pasted_g, n_win, gw, keys_t + col0 * CQ, CQ, gq));
-                    PHASE(9, NAME(column_product)(pasted_g, n_win, gw, win, CQ, grad_keys + col0 * CQ));
                 }
+                phase_add(4, t4);
+                PHASE(5, NAME(paste_across)(raw, n_slots, s0, NULL, R, C, nv, A));
+                PHASE(6, NAME(paste_down)(A, R, wc, nv, wp, gw, 0, n_win, pasted_w));
+                PHASE(7, NAME(column_product)(pasted_w, n_win, gw, dwin, CV, grad_values + col0 * CV));
+                PHASE(5, NAME(paste_across)(dp, n_slots, s0, NULL, R, C, nv, A));
+                PHASE(6, NAME(paste_down)(A, R, wc, nv, wp, gw, 0, n_win, pasted_g));
+                PHASE(8, NAME(row_product)(pasted_g, n_win, gw, keys_t + col0 * CQ, CQ, gq));
+                PHASE(9, NAME(column_product)(pasted_g, n_win, gw, win, CQ, grad_keys + col0 * CQ));
             }
             for (long y = 0; y < R + 2; y++) {
                 REAL *restrict o = grad_query + ((y0 + y) * (W + 2) + x0) * CQ;
