@@ -4,6 +4,7 @@ with a one-line message, no traceback)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -52,6 +53,35 @@ def test_help_of_every_subcommand(command, capsys):
         main([command, "--help"])
     assert e.value.code == 0
     assert "usage:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["train", "finetune"])
+def test_train_help_states_the_config_defaults(command):
+    """Every "(default N)" in train's and finetune's help is TrainConfig's default (finetune's lr
+    its own), so that changing a default cannot leave the help behind."""
+    import dataclasses
+    import re
+
+    from tri_panet.cli import build_parser
+    from tri_panet.cli.train import FINETUNE_LR
+    from tri_panet.training import TrainConfig
+
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    if command == "finetune":
+        defaults["lr"] = FINETUNE_LR
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    checked = 0
+    for action in sub.choices[command]._actions:
+        stated = re.search(r"default (-?[0-9.e+-]+|[a-z0-9]+)(?=[;)])", action.help or "")
+        if stated is None or action.dest not in defaults:
+            continue
+        value, text = defaults[action.dest], stated.group(1)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            assert float(text) == value, (action.option_strings, text, value)
+        else:
+            assert text == str(value), (action.option_strings, text, value)
+        checked += 1
+    assert checked >= 15  # the regex still finds the stated defaults
 
 
 def test_top_level_help_lists_subcommands(capsys):

@@ -118,7 +118,7 @@ def _add_flags(p: argparse.ArgumentParser, finetune: bool) -> None:
     g.add_argument("--grad-clip", type=float, default=S, help="clip the global grad norm (default 1.0; 0: off)")
     g.add_argument("--amp", choices=("none", "bf16", "fp16"), default=S, help="mixed precision (GPU; default none)")
     g.add_argument("--device", default=S, help="auto, cpu, cuda (default auto)")
-    g.add_argument("--threads", type=int, default=S, help="torch CPU threads (default: torch's)")
+    g.add_argument("--threads", type=int, default=S, help="torch CPU threads (default: the free cores)")
     g.add_argument("--seed", type=int, default=S, help="seed of the initialisation and the data (default 0)")
     g = p.add_argument_group("run")
     g.add_argument("--out", metavar="DIR", default=S, help="run folder (default runs/<model>)")
