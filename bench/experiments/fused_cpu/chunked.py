@@ -3,6 +3,7 @@
 Not part of the library (see README.md beside this file).
 
     python bench/experiments/fused_cpu/chunked.py [--sizes 24 48 96] [--tiles 8] [--chunks 4 8] [--threads 1]
+        [--cflags=-DUB=12 ...]
 
 Checks the forward and lse against ``tri_panet.ops.torch_tiled`` in float64 first (23 px query,
 7 px tiles, chunks of 3 key rows), then times both: batch 1, tiny configuration (Cq 16, Cv 32).
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import itertools
 import subprocess
 import tempfile
 import time
@@ -127,11 +129,22 @@ def main() -> None:
     parser.add_argument("--tiles", type=int, nargs="+", default=[8])
     parser.add_argument("--chunks", type=int, nargs="+", default=[4, 8])
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--cflags",
+        action="append",
+        default=[],
+        metavar="FLAGS",
+        help="also time a build with these extra compiler flags (repeatable): --cflags=-DUB=12",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    builds = {}
     with tempfile.TemporaryDirectory() as folder:
-        build(Path(folder))
-        check()
+        for n, flags in enumerate(["", *args.cflags]):  # every build is checked, then all are timed in one run
+            (Path(folder) / str(n)).mkdir()
+            build(Path(folder) / str(n), extra_flags=tuple(flags.split()))
+            check()
+            builds[flags] = dict(LIBS)
         lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
         cpu = next((line.split(":", 1)[1].strip() for line in lscpu if line.startswith("Model name")), "unknown")
         print(
@@ -146,14 +159,15 @@ def main() -> None:
             _, lse = torch_tiled.forward(query, keys, values, **opts)
             old_f = best_seconds(partial(torch_tiled.forward, query, keys, values, **opts), reps)
             old_b = best_seconds(partial(torch_tiled.backward, grad_out, query, keys, values, lse, **opts), reps)
-            for tile in args.tiles:
-                for chunk in args.chunks:
-                    new_f = best_seconds(partial(forward, query, keys, values, tile, chunk), reps)
-                    new_b = best_seconds(partial(backward, grad_out, query, keys, values, lse, tile, chunk), reps)
-                    print(f"size {size:3d} tile {tile:2d} chunk {chunk:2d}: forward torch {old_f * 1e3:7.1f} ms, "
-                          f"chunked {new_f * 1e3:7.1f} ms (x{old_f / new_f:.2f}); forward+backward torch "
-                          f"{(old_f + old_b) * 1e3:7.1f} ms, chunked {(new_f + new_b) * 1e3:7.1f} ms "
-                          f"(x{(old_f + old_b) / (new_f + new_b):.2f})", flush=True)  # fmt: skip
+            for (flags, libs), tile, chunk in itertools.product(builds.items(), args.tiles, args.chunks):
+                LIBS.update(libs)
+                new_f = best_seconds(partial(forward, query, keys, values, tile, chunk), reps)
+                new_b = best_seconds(partial(backward, grad_out, query, keys, values, lse, tile, chunk), reps)
+                label = f"size {size:3d} tile {tile:2d} chunk {chunk:2d}" + (f" {flags}" if flags else "")
+                print(f"{label}: forward torch {old_f * 1e3:7.1f} ms, "
+                      f"chunked {new_f * 1e3:7.1f} ms (x{old_f / new_f:.2f}); forward+backward torch "
+                      f"{(old_f + old_b) * 1e3:7.1f} ms, chunked {(new_f + new_b) * 1e3:7.1f} ms "
+                      f"(x{(old_f + old_b) / (new_f + new_b):.2f})", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":
