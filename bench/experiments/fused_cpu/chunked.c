@@ -31,14 +31,28 @@ static double now(void) { return 0; }
 static void phase_add(int i, double t0) { (void)i, (void)t0; }
 #endif
 
-/* 64-byte vectors of REAL (AVX-512 registers), loadable from any REAL-aligned address. */
-typedef REAL vec __attribute__((vector_size(64), aligned(sizeof(REAL)), may_alias));
-#define VL ((int)(64 / sizeof(REAL)))
+/* VBYTES-byte vectors of REAL, loadable from any REAL-aligned address: 64 where the target has AVX-512
+   (its registers), else 32 (AVX2). 64 on an AVX2 machine made the kernel 4x slower than the torch path
+   (Zen 1): gcc splits every vector in two and the register blocks below spill. */
+#ifndef VBYTES
+#ifdef __AVX512F__
+#define VBYTES 64
+#else
+#define VBYTES 32
+#endif
+#endif
+typedef REAL vec __attribute__((vector_size(VBYTES), aligned(sizeof(REAL)), may_alias));
+#define VL ((int)(VBYTES / sizeof(REAL)))
+#define MAXNV (((CV > CQ) ? CV : CQ) / VL) /* vectors per row of the widest product operand */
 #define JB (2 * VL) /* Gram columns per register block */
 #define NV (CV / VL) /* vectors per value row (CV a multiple of VL) */
 
+/* Register blocks, sized to the 32 (AVX-512) or 16 (AVX2) vector registers. */
 #ifndef UB
-#define UB 8 /* window pixels per register block: UB x 2 accumulators hide the FMA latency */
+#define UB (VBYTES == 64 ? 8 : 6) /* window pixels per Gram block: UB x 2 accumulators hide the FMA latency */
+#endif
+#ifndef UP
+#define UP (VBYTES == 64 ? UB : 3) /* window pixels per row_product block (UP x width / VL accumulators) */
 #endif
 
 /* G[u, j] = <win[u], maps[:, col0 + j]> for u < n_win, j < gw, over `depth` channels (win [n_win, depth],
@@ -68,21 +82,21 @@ static inline __attribute__((always_inline)) void NAME(gram)(const REAL *restric
 }
 
 /* acc[u, :] += sum_j P[u, j] rows[j, :] for u < n_win, j < gw (rows [gw, width], width a multiple of VL,
-   at most 4 VL); UB window pixels at a time. */
+   at most MAXNV VL); UP window pixels at a time. */
 static inline __attribute__((always_inline)) void NAME(row_product)(const REAL *restrict P, long n_win, long gw,
                                                                     const REAL *restrict rows, int width,
                                                                     REAL *restrict acc) {
     const int nv = width / VL;
-    for (long u = 0; u < n_win; u += UB) {
-        const int nu = n_win - u < UB ? (int)(n_win - u) : UB;
-        vec a[UB][4] = {{{0}}};
-        const REAL *p[UB];
-        for (int i = 0; i < UB; i++) p[i] = P + (u + (i < nu ? i : 0)) * gw;
+    for (long u = 0; u < n_win; u += UP) {
+        const int nu = n_win - u < UP ? (int)(n_win - u) : UP;
+        vec a[UP][MAXNV] = {{{0}}};
+        const REAL *p[UP];
+        for (int i = 0; i < UP; i++) p[i] = P + (u + (i < nu ? i : 0)) * gw;
         for (long j = 0; j < gw; j++) {
             const REAL *v = rows + j * width;
             for (int n = 0; n < nv; n++) {
                 const vec vn = *(const vec *)(v + n * VL);
-                for (int i = 0; i < UB; i++) a[i][n] += p[i][j] * vn;
+                for (int i = 0; i < UP; i++) a[i][n] += p[i][j] * vn;
             }
         }
         for (int i = 0; i < nu; i++)
@@ -91,14 +105,16 @@ static inline __attribute__((always_inline)) void NAME(row_product)(const REAL *
 }
 
 /* out[j, :] += sum_u P[u, j] x[u, :] for j < gw (a multiple of TB), u < n_win (x [n_win, width], width a
-   multiple of VL, at most 4 VL): the transposed product, TB columns of P at a time. */
-#define TB 8
+   multiple of VL, at most MAXNV VL): the transposed product, TB columns of P at a time. */
+#ifndef TB
+#define TB (VBYTES == 64 ? 8 : 4) /* columns per column_product block; divides JB */
+#endif
 static inline __attribute__((always_inline)) void NAME(column_product)(const REAL *restrict P, long n_win, long gw,
                                                                        const REAL *restrict x, int width,
                                                                        REAL *restrict out) {
     const int nv = width / VL;
     for (long j = 0; j < gw; j += TB) {
-        vec a[TB][4] = {{{0}}};
+        vec a[TB][MAXNV] = {{{0}}};
         for (long u = 0; u < n_win; u++) {
             const REAL *p = P + u * gw + j;
             for (int n = 0; n < nv; n++) {

@@ -27,7 +27,7 @@ from fused_cpu import OPTIONS, Levels, inputs, ptr, unpad_gradients
 from tri_panet.ops import torch_tiled
 
 LIBS: dict[torch.dtype, ctypes.CDLL] = {}
-PAD = 32  # >= chunked.c's JB (2 vectors of 64 bytes)
+PAD = 32  # >= chunked.c's JB (2 vectors: 32 floats at most)
 
 
 def build(folder: Path, cq: int = 16, cv: int = 32, extra_flags: tuple[str, ...] = ()) -> None:
