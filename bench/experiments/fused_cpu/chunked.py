@@ -5,6 +5,8 @@ Not part of the library (see README.md beside this file).
     python bench/experiments/fused_cpu/chunked.py [--sizes 24 48 96] [--tiles 8] [--chunks 4 8] [--threads 1]
         [--cflags=-DUB=12 ...]
 
+--threads N gives the torch path N threads and runs the kernel on N bands of query rows at once.
+
 Checks the forward and lse against ``tri_panet.ops.torch_tiled`` in float64 first (23 px query,
 7 px tiles, chunks of 3 key rows), then times both: batch 1, tiny configuration (Cq 16, Cv 32).
 """
@@ -17,6 +19,7 @@ import itertools
 import subprocess
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
@@ -27,6 +30,7 @@ from fused_cpu import OPTIONS, Levels, inputs, ptr, unpad_gradients
 from tri_panet.ops import torch_tiled
 
 LIBS: dict[torch.dtype, ctypes.CDLL] = {}
+THREADS = 1  # threads the kernel's row bands run on (--threads)
 PAD = 32  # >= chunked.c's JB (2 vectors: 32 floats at most)
 
 
@@ -42,6 +46,33 @@ def build(folder: Path, cq: int = 16, cv: int = 32, extra_flags: tuple[str, ...]
         LIBS[dtype] = ctypes.CDLL(str(lib))
 
 
+def row_bands(height: int, threads: int) -> list[tuple[int, int]]:
+    """Query rows [start, stop) per thread, as even as they split (each band is tiled on its own:
+    whole tile rows would leave 2 : 1 bands at 48 px with tiles of 16)."""
+    cuts = [round(i * height / threads) for i in range(threads + 1)]
+    return [(a, b) for a, b in itertools.pairwise(cuts) if a < b]
+
+
+def in_bands(height: int, band_fn) -> list:
+    """``band_fn(start, stop)`` for every band of query rows, on THREADS threads (ctypes releases the
+    GIL during the kernel call, so the bands run in parallel)."""
+    bands = row_bands(height, THREADS)
+    if len(bands) == 1:
+        return [band_fn(*bands[0])]
+    with ThreadPoolExecutor(len(bands)) as pool:
+        return list(pool.map(lambda band: band_fn(*band), bands))
+
+
+def forward_band(fn, layout, lv, query_padded, keys_ext, values_ext, lse_b, tile, chunk, start, stop):
+    """The forward kernel on query rows [start, stop) of one image: (start, stop, its padded output
+    rows start .. stop + 1, which overlap the next band's); lse_b's rows filled in place."""
+    q_band, lse_band = query_padded[start : stop + 2], lse_b[start:stop]
+    out_band = query_padded.new_zeros(stop - start + 2, query_padded.shape[1], values_ext.shape[1])
+    fn(ctypes.byref(layout), stop - start, query_padded.shape[1] - 2, tile, tile, chunk, ptr(q_band),
+       ptr(keys_ext), ptr(values_ext), ptr(lv.scale), ptr(lv.bias), ptr(out_band), ptr(lse_band))  # fmt: skip
+    return start, stop, out_band
+
+
 def forward(query, keys, values, tile: int, chunk: int):
     """(out [B, Cv, H, W], lse [B, H W]) as torch_tiled.forward."""
     batch, _, height, width = query.shape
@@ -55,16 +86,32 @@ def forward(query, keys, values, tile: int, chunk: int):
         layout.n_cols += PAD  # the kernel reads up to PAD columns past the last level
         keys_ext, values_ext = F.pad(lv.keys, (0, PAD)), F.pad(lv.values_t, (0, 0, 0, PAD))
         query_padded = F.pad(query[b], (1, 1, 1, 1)).permute(1, 2, 0).contiguous()
-        out_b, lse_b = out[b], lse[b]
-        fn(ctypes.byref(layout), height, width, tile, tile, chunk, ptr(query_padded), ptr(keys_ext),
-           ptr(values_ext), ptr(lv.scale), ptr(lv.bias), ptr(out_b), ptr(lse_b))  # fmt: skip
+        band = partial(forward_band, fn, layout, lv, query_padded, keys_ext, values_ext, lse[b], tile, chunk)
+        for start, stop, out_band in in_bands(height, band):
+            out[b, start : stop + 2] += out_band
     return out[:, 1 : height + 1, 1 : width + 1].permute(0, 3, 1, 2) / OPTIONS["fold_divisor"], lse.view(batch, -1)
+
+
+def backward_band(fn, layout, lv, query_padded, grad_padded, maps, lse_b, tile, chunk, start, stop):
+    """The backward kernel on query rows [start, stop) of one image: (start, stop, the padded query
+    gradient rows start .. stop + 1, and this band's share of the per-slot scale, key and value
+    gradients); ``maps`` = (keys_ext, keys_t, values_t)."""
+    keys_ext, keys_t, values_t = maps
+    n_cols, cq, cv = layout.n_cols, keys_t.shape[1], values_t.shape[0]
+    q_band, g_band, lse_band = query_padded[start : stop + 2], grad_padded[start : stop + 2], lse_b[start:stop]
+    grad_scale = query_padded.new_zeros(lv.n_slots)
+    grad_keys_padded, grad_values_padded = query_padded.new_zeros(n_cols, cq), query_padded.new_zeros(n_cols, cv)
+    grad_query_band = torch.zeros_like(q_band)
+    fn(ctypes.byref(layout), stop - start, query_padded.shape[1] - 2, tile, tile, chunk, ptr(q_band), ptr(g_band),
+       ptr(keys_ext), ptr(keys_t), ptr(values_t), ptr(lv.scale), ptr(lv.bias), ptr(lse_band),
+       ptr(grad_query_band), ptr(grad_keys_padded), ptr(grad_values_padded), ptr(grad_scale))  # fmt: skip
+    return start, stop, grad_query_band, grad_scale, grad_keys_padded, grad_values_padded
 
 
 def backward(grad_out, query, keys, values, lse, tile: int, chunk: int):
     """(grad_query, grad_keys, grad_values) as torch_tiled.backward."""
     batch, cq, height, width = query.shape
-    dtype, cv = query.dtype, values[0].shape[1]
+    dtype = query.dtype
     fn = getattr(LIBS[dtype], "image_backward" + ("_f32" if dtype == torch.float32 else "_f64"))
     grad_query = query.new_zeros(batch, height + 2, width + 2, cq)
     grad_keys, grad_values = [torch.zeros_like(k) for k in keys], [torch.zeros_like(v) for v in values]
@@ -77,12 +124,12 @@ def backward(grad_out, query, keys, values, lse, tile: int, chunk: int):
         keys_t, values_t = keys_ext.t().contiguous(), F.pad(lv.values_t, (0, 0, 0, PAD)).t().contiguous()
         query_padded = F.pad(query[b], (1, 1, 1, 1)).permute(1, 2, 0).contiguous()
         grad_padded = F.pad(grad_out[b] / OPTIONS["fold_divisor"], (1, 1, 1, 1)).permute(1, 2, 0).contiguous()
-        grad_scale = query.new_zeros(lv.n_slots)
-        grad_keys_padded, grad_values_padded = query.new_zeros(layout.n_cols, cq), query.new_zeros(layout.n_cols, cv)
-        lse_b, grad_query_b = lse[b].contiguous(), grad_query[b]
-        fn(ctypes.byref(layout), height, width, tile, tile, chunk, ptr(query_padded), ptr(grad_padded), ptr(keys_ext),
-           ptr(keys_t), ptr(values_t), ptr(lv.scale), ptr(lv.bias), ptr(lse_b), ptr(grad_query_b),
-           ptr(grad_keys_padded), ptr(grad_values_padded), ptr(grad_scale))  # fmt: skip
+        maps = (keys_ext, keys_t, values_t)
+        band = partial(backward_band, fn, layout, lv, query_padded, grad_padded, maps, lse[b].contiguous(), tile, chunk)
+        results = in_bands(height, band)
+        for start, stop, grad_query_band, *_ in results:
+            grad_query[b, start : stop + 2] += grad_query_band
+        grad_scale, grad_keys_padded, grad_values_padded = (sum(parts) for parts in list(zip(*results))[3:])
         unpad_gradients(lv, keys, b, grad_scale, grad_keys_padded, grad_values_padded, grad_keys, grad_values)
     return grad_query[:, 1 : height + 1, 1 : width + 1].permute(0, 3, 1, 2).contiguous(), grad_keys, grad_values
 
@@ -137,7 +184,9 @@ def main() -> None:
         help="also time a build with these extra compiler flags (repeatable): --cflags=-DUB=12",
     )
     args = parser.parse_args()
+    global THREADS
     torch.set_num_threads(args.threads)
+    THREADS = args.threads
     builds = {}
     with tempfile.TemporaryDirectory() as folder:
         for n, flags in enumerate(["", *args.cflags]):  # every build is checked, then all are timed in one run
