@@ -30,7 +30,6 @@ from fused_cpu import OPTIONS, Levels, inputs, ptr, unpad_gradients
 from tri_panet.ops import torch_tiled
 
 LIBS: dict[torch.dtype, ctypes.CDLL] = {}
-THREADS = 1  # threads the kernel's row bands run on (--threads)
 PAD = 32  # >= chunked.c's JB (2 vectors: 32 floats at most)
 
 
@@ -53,10 +52,10 @@ def row_bands(height: int, threads: int) -> list[tuple[int, int]]:
     return [(a, b) for a, b in itertools.pairwise(cuts) if a < b]
 
 
-def in_bands(height: int, band_fn) -> list:
-    """``band_fn(start, stop)`` for every band of query rows, on THREADS threads (ctypes releases the
+def in_bands(height: int, threads: int, band_fn) -> list:
+    """``band_fn(start, stop)`` for every band of query rows, on ``threads`` threads (ctypes releases the
     GIL during the kernel call, so the bands run in parallel)."""
-    bands = row_bands(height, THREADS)
+    bands = row_bands(height, threads)
     if len(bands) == 1:
         return [band_fn(*bands[0])]
     with ThreadPoolExecutor(len(bands)) as pool:
@@ -73,8 +72,8 @@ def forward_band(fn, layout, lv, query_padded, keys_ext, values_ext, lse_b, tile
     return start, stop, out_band
 
 
-def forward(query, keys, values, tile: int, chunk: int):
-    """(out [B, Cv, H, W], lse [B, H W]) as torch_tiled.forward."""
+def forward(query, keys, values, tile: int, chunk: int, threads: int = 1):
+    """(out [B, Cv, H, W], lse [B, H W]) as torch_tiled.forward; the kernel on ``threads`` row bands."""
     batch, _, height, width = query.shape
     dtype, cv = query.dtype, values[0].shape[1]
     fn = getattr(LIBS[dtype], "image_forward" + ("_f32" if dtype == torch.float32 else "_f64"))
@@ -87,7 +86,7 @@ def forward(query, keys, values, tile: int, chunk: int):
         keys_ext, values_ext = F.pad(lv.keys, (0, PAD)), F.pad(lv.values_t, (0, 0, 0, PAD))
         query_padded = F.pad(query[b], (1, 1, 1, 1)).permute(1, 2, 0).contiguous()
         band = partial(forward_band, fn, layout, lv, query_padded, keys_ext, values_ext, lse[b], tile, chunk)
-        for start, stop, out_band in in_bands(height, band):
+        for start, stop, out_band in in_bands(height, threads, band):
             out[b, start : stop + 2] += out_band
     return out[:, 1 : height + 1, 1 : width + 1].permute(0, 3, 1, 2) / OPTIONS["fold_divisor"], lse.view(batch, -1)
 
@@ -108,8 +107,8 @@ def backward_band(fn, layout, lv, query_padded, grad_padded, maps, lse_b, tile, 
     return start, stop, grad_query_band, grad_scale, grad_keys_padded, grad_values_padded
 
 
-def backward(grad_out, query, keys, values, lse, tile: int, chunk: int):
-    """(grad_query, grad_keys, grad_values) as torch_tiled.backward."""
+def backward(grad_out, query, keys, values, lse, tile: int, chunk: int, threads: int = 1):
+    """(grad_query, grad_keys, grad_values) as torch_tiled.backward; the kernel on ``threads`` row bands."""
     batch, cq, height, width = query.shape
     dtype = query.dtype
     fn = getattr(LIBS[dtype], "image_backward" + ("_f32" if dtype == torch.float32 else "_f64"))
@@ -126,7 +125,7 @@ def backward(grad_out, query, keys, values, lse, tile: int, chunk: int):
         grad_padded = F.pad(grad_out[b] / OPTIONS["fold_divisor"], (1, 1, 1, 1)).permute(1, 2, 0).contiguous()
         maps = (keys_ext, keys_t, values_t)
         band = partial(backward_band, fn, layout, lv, query_padded, grad_padded, maps, lse[b].contiguous(), tile, chunk)
-        results = in_bands(height, band)
+        results = in_bands(height, threads, band)
         for start, stop, grad_query_band, *_ in results:
             grad_query[b, start : stop + 2] += grad_query_band
         grad_scale, grad_keys_padded, grad_values_padded = (sum(parts) for parts in list(zip(*results))[3:])
@@ -146,13 +145,13 @@ def best_seconds(fn, reps: int) -> float:
     return min(times)
 
 
-def check() -> None:
+def check(threads: int = 1) -> None:
     query, keys, values = inputs(23, torch.float64)
     out, lse = torch_tiled.forward(query, keys, values, **OPTIONS, tile_bytes=2**27)
     grad_out = torch.randn(1, 32, 23, 23, dtype=torch.float64)
     grads = torch_tiled.backward(grad_out, query, keys, values, lse, **OPTIONS, tile_bytes=2**27)
-    mine, my_lse = forward(query, keys, values, tile=7, chunk=3)
-    my_grads = backward(grad_out, query, keys, values, my_lse, tile=7, chunk=3)
+    mine, my_lse = forward(query, keys, values, tile=7, chunk=3, threads=threads)
+    my_grads = backward(grad_out, query, keys, values, my_lse, tile=7, chunk=3, threads=threads)
     pairs = [
         (mine, out),
         (my_lse, lse),
@@ -163,7 +162,7 @@ def check() -> None:
     worst = max((a - b).abs().max().item() for a, b in pairs)
     assert worst < 1e-10, worst
     q32, k32, v32 = (query.float(), [k.float() for k in keys], [v.float() for v in values])
-    m32, l32 = forward(q32, k32, v32, tile=7, chunk=3)
+    m32, l32 = forward(q32, k32, v32, tile=7, chunk=3, threads=threads)
     worst32 = max((m32 - out).abs().max().item(), (l32 - lse).abs().max().item())
     print(
         f"check: float64 max abs difference (forward, lse, every gradient) {worst:.1e}; float32 forward {worst32:.1e}"
@@ -184,15 +183,13 @@ def main() -> None:
         help="also time a build with these extra compiler flags (repeatable): --cflags=-DUB=12",
     )
     args = parser.parse_args()
-    global THREADS
     torch.set_num_threads(args.threads)
-    THREADS = args.threads
     builds = {}
     with tempfile.TemporaryDirectory() as folder:
         for n, flags in enumerate(["", *args.cflags]):  # every build is checked, then all are timed in one run
             (Path(folder) / str(n)).mkdir()
             build(Path(folder) / str(n), extra_flags=tuple(flags.split()))
-            check()
+            check(args.threads)
             builds[flags] = dict(LIBS)
         lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
         cpu = next((line.split(":", 1)[1].strip() for line in lscpu if line.startswith("Model name")), "unknown")
@@ -210,8 +207,9 @@ def main() -> None:
             old_b = best_seconds(partial(torch_tiled.backward, grad_out, query, keys, values, lse, **opts), reps)
             for (flags, libs), tile, chunk in itertools.product(builds.items(), args.tiles, args.chunks):
                 LIBS.update(libs)
-                new_f = best_seconds(partial(forward, query, keys, values, tile, chunk), reps)
-                new_b = best_seconds(partial(backward, grad_out, query, keys, values, lse, tile, chunk), reps)
+                kernel = dict(tile=tile, chunk=chunk, threads=args.threads)
+                new_f = best_seconds(partial(forward, query, keys, values, **kernel), reps)
+                new_b = best_seconds(partial(backward, grad_out, query, keys, values, lse, **kernel), reps)
                 label = f"size {size:3d} tile {tile:2d} chunk {chunk:2d}" + (f" {flags}" if flags else "")
                 print(f"{label}: forward torch {old_f * 1e3:7.1f} ms, "
                       f"chunked {new_f * 1e3:7.1f} ms (x{old_f / new_f:.2f}); forward+backward torch "
