@@ -34,8 +34,8 @@ def pyramid_attention(
         key_eps: floor of the key-patch norm.
         fold_divisor: the pasted output is divided by it.
         backend: "auto" (triton for CUDA tensors when it can run, else torch; see
-            :func:`tri_panet.ops.explain_backend`), "torch", "triton", "reference" or any
-            registered name.
+            :func:`tri_panet.ops.explain_backend`), "torch", "triton", "cpu_fused" (CPU
+            tensors, 3 x 3 patches; where a C compiler is found), "reference" or any registered name.
 
     Returns:
         [B, Cv, H, W] in the dtype of ``query``.

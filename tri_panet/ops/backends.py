@@ -1,6 +1,8 @@
 """The table of backends (name -> implementation) and how ``backend="auto"`` chooses, and says why.
 
-``"auto"`` runs ``"triton"`` for CUDA tensors and ``"torch"`` everywhere else. On a CUDA tensor
+``"auto"`` runs ``"triton"`` for CUDA tensors and ``"torch"`` everywhere else. ``"cpu_fused"``
+(the fused C kernel for CPU tensors, compiled at first use; about 2x the torch path) is offered
+where a C compiler is on the PATH and is only run when asked for by name. On a CUDA tensor
 it falls back to ``"torch"`` when Triton cannot be used: not installed or failed to import
 (the exception is kept), or refused because ``torch.use_deterministic_algorithms(True)`` is
 set (the Triton folds use float32 atomics); each such reason is warned about once per process.
@@ -20,6 +22,8 @@ from typing import NamedTuple
 
 import torch
 
+from . import cpu_build
+from .cpu_fused import pyramid_attention_cpu_fused
 from .reference import pyramid_attention_reference
 from .torch_tiled import pyramid_attention_torch
 
@@ -42,6 +46,10 @@ BACKENDS: dict[str, Callable[..., torch.Tensor]] = {
 }
 if _triton_launcher is not None:
     BACKENDS["triton"] = _triton_launcher.pyramid_attention_triton
+#: Why "cpu_fused" is not offered here (None: it is; the kernel is compiled at first use).
+CPU_FUSED_PROBLEM = cpu_build.compiler_problem()
+if CPU_FUSED_PROBLEM is None:
+    BACKENDS["cpu_fused"] = pyramid_attention_cpu_fused
 
 
 class BackendChoice(NamedTuple):
@@ -74,6 +82,8 @@ def _choose(backend: str, device_type: str, dtype: torch.dtype, deterministic: b
         if backend not in BACKENDS:
             if backend == "triton" and TRITON_IMPORT_ERROR is not None:
                 raise ValueError(f"backend='triton' is unavailable: Triton failed to import ({TRITON_IMPORT_ERROR})")
+            if backend == "cpu_fused" and CPU_FUSED_PROBLEM is not None:
+                raise ValueError(f"backend='cpu_fused' is unavailable: {CPU_FUSED_PROBLEM}")
             choices = ", ".join(repr(n) for n in ("auto", *BACKENDS))
             raise ValueError(f"backend must be one of {choices}, got {backend!r}")
         return BackendChoice(backend, "requested")

@@ -219,6 +219,30 @@ def _inverse_norms(
     return softmax_scale / norms.clamp_min(key_eps), norms
 
 
+def norm_gradient_factors(
+    grad_inverse_norms: torch.Tensor,
+    inverse_norms: torch.Tensor,
+    norms: torch.Tensor,
+    key_eps: float,
+    shapes: Sequence[tuple[int, int]],
+    k: int,
+) -> list[torch.Tensor]:
+    """The key gradient's share through the patch norms, as factors: per level [h, w] maps c with
+    grad_key += key * c (c broadcast over channels).
+
+    ``grad_inverse_norms``, ``inverse_norms`` (softmax_scale / max(norm, eps)) and ``norms`` are
+    flat over all levels' keys, ``shapes`` the levels' (h, w). Through norm = sqrt(box_sum(|K|^2)),
+    the floor passes no gradient where it is active.
+    """
+    active = norms >= key_eps
+    grad_norms = torch.where(active, -grad_inverse_norms * inverse_norms / norms.clamp_min(key_eps), 0)
+    coefficient = grad_norms / norms.clamp_min(key_eps)  # d norm / d |K|^2 = 1 / (2 norm), times 2K
+    factors = []
+    for c, (h, w) in zip(coefficient.split([h * w for h, w in shapes]), shapes):
+        factors.append(F.avg_pool2d(c.view(1, 1, h, w), k, 1, k // 2, count_include_pad=True)[0, 0] * (k * k))
+    return factors
+
+
 def _window_pixels(padded: torch.Tensor, y0: int, x0: int, rows: int, cols: int, r: int) -> torch.Tensor:
     """A tile's pixels with their halo from a map padded by r, [C, H + 2r, W + 2r] ->
     [(rows + 2r) * (cols + 2r), C]; window position (r, r) is image position (y0, x0)."""
@@ -374,16 +398,11 @@ def backward(
                 pasted_keys.addmm_(pasted, level.key_pixels)
                 g_k.addmm_(pasted.t(), query_pixels)
             _add_window(grad_query[b], y0, x0, n_rows, n_cols, r, pasted_keys)
-        # Through inverse_norm = scale / max(norm, eps), norm = sqrt(box_sum(|K|^2)): the
-        # floor passes no gradient where it is active.
-        active = norms >= key_eps
-        grad_norms = torch.where(active, -grad_inverse_norms * inverse_norms / norms.clamp_min(key_eps), 0)
-        coefficient = grad_norms / norms.clamp_min(key_eps)  # d norm / d |K|^2 = 1 / (2 norm), times 2K below
-        for level, key, g_k, g_v, out_k, out_v in zip(
-            levels, keys, grad_key_pixels, grad_value_pixels, grad_keys, grad_values
+        shapes = [(level.height, level.width) for level in levels]
+        windows = norm_gradient_factors(grad_inverse_norms, inverse_norms, norms, key_eps, shapes, k)
+        for key, window, g_k, g_v, out_k, out_v in zip(
+            keys, windows, grad_key_pixels, grad_value_pixels, grad_keys, grad_values
         ):
-            c = coefficient[level.keys].view(1, 1, level.height, level.width)
-            window = F.avg_pool2d(c, k, 1, r, count_include_pad=True)[0, 0] * (k * k)
             out_k[b] = g_k.t().view_as(out_k[b]) + key[b].to(dtype) * window
             out_v[b] = g_v.t().view_as(out_v[b])
     grad_query = grad_query[:, r : r + height, r : r + width].permute(0, 3, 1, 2).to(query.dtype).contiguous()

@@ -31,25 +31,13 @@ sys.path.insert(0, str(ROOT / "tests"))
 from op_inputs import make_inputs, pyramid_sizes  # noqa: E402
 
 from tri_panet.ops import torch_tiled  # noqa: E402
+from tri_panet.ops.cpu_fused import _Layout  # noqa: E402
 
 SCALE, EPS, DIVISOR = 10.0, 1e-4, 4.0
 OPTIONS = dict(patch_size=3, softmax_scale=SCALE, key_eps=EPS, fold_divisor=DIVISOR)
 
 
-class Layout(ctypes.Structure):
-    """kernels.c's tile_layout."""
-
-    _fields_ = [
-        ("R", ctypes.c_int),
-        ("C", ctypes.c_int),
-        ("n_levels", ctypes.c_int),
-        ("n_cols", ctypes.c_long),
-        ("n_slots", ctypes.c_long),
-        ("w", ctypes.c_void_p),
-        ("n_level_slots", ctypes.c_void_p),
-        ("pad_off", ctypes.c_void_p),
-        ("slot_off", ctypes.c_void_p),
-    ]
+Layout = _Layout  # kernels/cpu_common.h's tile_layout
 
 
 def build(folder: Path) -> dict[torch.dtype, ctypes.CDLL]:
@@ -59,7 +47,8 @@ def build(folder: Path) -> dict[torch.dtype, ctypes.CDLL]:
     libs = {}
     for dtype, real, suffix in ((torch.float32, "float", "_f32"), (torch.float64, "double", "_f64")):
         obj, lib = folder / f"k{suffix}.o", folder / f"k{suffix}.so"
-        flags = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", f"-DREAL={real}", f"-DSUFFIX={suffix}"]
+        flags = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", f"-DREAL={real}", f"-DSUFFIX={suffix}",
+                 f"-I{ROOT / 'kernels'}"]  # fmt: skip
         subprocess.run(["cc", *flags, "-c", str(source), "-o", str(obj)], check=True)
         # linked without -ffast-math: that would link crtfastmath and flush subnormals process-wide
         subprocess.run(["cc", "-shared", "-fopenmp", str(obj), "-o", str(lib), "-lm"], check=True)

@@ -2,23 +2,13 @@
 
 One tile of R x C queries, 3 x 3 patches, maps zero padded by 1. REAL is float or double.
 
-  Window pixels: u = y (C + 2) + x for y < R + 2, x < C + 2, the tile's queries with their halo;
-  query t = i C + j is the patch of window pixels (i .. i + 2, j .. j + 2).
-  Gram matrix G [window, n_cols]: <window pixel, padded key-map pixel> channel dot products, level l's
-  padded map ((h_l + 2) x (w_l + 2) pixels, row-major) from column pad_off[l]. Two zero columns
-  follow the last level, so that the shifted reads below stay inside a row.
-  Key slots [R C, n_slots]: level l's keys from column slot_off[l], slot p (w_l + 2) + q for key (p, q);
-  slots with q >= w_l are not keys (their score is the bias -1e30, their weight 0). Slots rather than
-  a compact h_l x w_l layout make every loop below one contiguous run per level, which vectorises.
-
-  Patch score of query t and slot v of level l: sum over a, b < 3 of
-  G[u(t) + a (C + 2) + b, pad_off[l] + v + a (w_l + 2) + b],   u(t) = i (C + 2) + j.
+  Layouts: see kernels/cpu_common.h.
 
 Compiled by fused_cpu.py (cc -O3 -march=native -ffast-math -fopenmp; -ffast-math lets the compiler
 call the vector math library for exp and vectorise the max and sum reductions; the bias keeps
 every value finite, as -ffinite-math-only needs). */
 
-#include "common.h"
+#include "cpu_common.h" /* in kernels/ */
 
 /* Patch scores of query t with every slot: out[v] = scale[v] * (patch sum) + bias[v], and their max;
    with scale NULL the raw patch sums (and 0). */

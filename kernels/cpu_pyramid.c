@@ -1,19 +1,23 @@
-/* Pyramid attention forward of one image, fully fused and key-chunked (driven by chunked.py beside it).
+/* Pyramid attention of one image on the CPU, forward and backward, fully fused and key-chunked.
 
-Unlike kernels.c, no [window, all keys] buffer exists: per query tile and per chunk of key rows of a
+Driven by tri_panet/ops/cpu_fused.py (ctypes), which compiles this file at first use with the channel
+counts as constants (tri_panet/ops/cpu_build.py). Both entry points return 0, or 1 where a work buffer
+could not be allocated (nothing was written then).
+
+No [window, all keys] buffer exists (unlike the experiment bench/experiments/fused_cpu/kernels.c): per query tile and per chunk of key rows of a
 level, the Gram block, the patch scores, the paste and the value product are computed on buffers
 that stay in L2. The tile's scores over all keys (one [R C, n_slots] buffer) are the only large
 buffer: written once, exponentiated once, read once by the paste.
 
-Layouts as kernels.c (see there): keys side by side [CQ, n_cols] (every level zero padded by 1,
+Layouts as in cpu_common.h: keys side by side [CQ, n_cols] (every level zero padded by 1,
 two zero columns at the end), values the same transposed [n_cols, CV], key slots [n_slots] with
 scale and bias (-1e30 on the two slots per row that are not keys). query_padded [(H + 2) (W + 2), CQ]
 and out [(H + 2) (W + 2), CV] are channel-last maps padded by 1; out is accumulated into.
 
 Compiled with -DREAL=float|double -DSUFFIX=... -DCQ=.. -DCV=.. (channel counts fixed at compile time
-so that the inner products unroll into registers). */
+so that the inner products unroll into registers; both multiples of the vector length). */
 
-#include "common.h"
+#include "cpu_common.h"
 
 #ifdef TIMING /* seconds per phase, for tuning: NAME(phase_seconds)[i] accumulates phase i */
 #include <time.h>
@@ -199,7 +203,7 @@ static NAME(chunk) NAME(chunk_at)(const NAME(tile_layout) * L, int l, long p0, l
             for (NAME(chunk) ch = NAME(chunk_at)((L), l_, p0_, (chunk_rows)), *once_ = &ch; once_; once_ = NULL)
 
 /* One image. tile_rows x tile_cols query tiles, chunks of chunk_rows key rows. */
-void NAME(image_forward)(const NAME(tile_layout) * L, int H, int W, int tile_rows, int tile_cols, int chunk_rows,
+int NAME(image_forward)(const NAME(tile_layout) * L, int H, int W, int tile_rows, int tile_cols, int chunk_rows,
                          const REAL *query_padded, const REAL *keys, const REAL *values, const REAL *scale,
                          const REAL *bias, REAL *out, REAL *lse) {
     const long key_stride = L->n_cols, n_slots = L->n_slots;
@@ -214,6 +218,10 @@ void NAME(image_forward)(const NAME(tile_layout) * L, int H, int W, int tile_row
     /* running max and sum per query; the max each chunk's weights were taken against */
     REAL *m = malloc(sizeof(REAL) * tile_rows * tile_cols), *sum = malloc(sizeof(REAL) * tile_rows * tile_cols);
     REAL *chunk_max = malloc(sizeof(REAL) * tile_rows * tile_cols * n_chunks), *weight = malloc(sizeof(REAL) * tile_rows * tile_cols);
+    if (!win || !S || !G || !A || !acc || !rs || !m || !sum || !chunk_max || !weight) {
+        free(win), free(S), free(G), free(A), free(acc), free(rs), free(m), free(sum), free(chunk_max), free(weight);
+        return 1;
+    }
     for (int y0 = 0; y0 < H; y0 += tile_rows)
         for (int x0 = 0; x0 < W; x0 += tile_cols) {
             const int R = H - y0 < tile_rows ? H - y0 : tile_rows, C = W - x0 < tile_cols ? W - x0 : tile_cols;
@@ -279,6 +287,7 @@ void NAME(image_forward)(const NAME(tile_layout) * L, int H, int W, int tile_row
             }
         }
     free(win), free(S), free(G), free(A), free(acc), free(rs), free(m), free(sum), free(chunk_max), free(weight);
+    return 0;
 }
 
 /* Backward of one image from the saved lse [H W], accumulating into grad_query [(H + 2) (W + 2), CQ],
@@ -289,7 +298,7 @@ void NAME(image_forward)(const NAME(tile_layout) * L, int H, int W, int tile_row
    the weight gradients <grad_out patch, value patch> of every chunk and sums their product with the
    weights (the softmax backward's row dot); pass 2 turns them into the weights and the score
    gradients, pastes both and takes the three products per chunk. */
-void NAME(image_backward)(const NAME(tile_layout) * L, int H, int W, int tile_rows, int tile_cols, int chunk_rows,
+int NAME(image_backward)(const NAME(tile_layout) * L, int H, int W, int tile_rows, int tile_cols, int chunk_rows,
                           const REAL *query_padded, const REAL *grad_out_padded, const REAL *keys, const REAL *keys_t,
                           const REAL *values_t, const REAL *scale, const REAL *bias, const REAL *lse,
                           REAL *grad_query, REAL *grad_keys, REAL *grad_values, REAL *grad_scale) {
@@ -303,6 +312,10 @@ void NAME(image_backward)(const NAME(tile_layout) * L, int H, int W, int tile_ro
     REAL *G = malloc(sizeof(REAL) * max_win * max_gw), *A = malloc(sizeof(REAL) * max_win * max_gw);
     REAL *pasted_w = malloc(sizeof(REAL) * max_win * max_gw), *pasted_g = malloc(sizeof(REAL) * max_win * max_gw);
     REAL *gq = malloc(sizeof(REAL) * max_win * CQ), *dot = malloc(sizeof(REAL) * max_q), *tl = malloc(sizeof(REAL) * max_q);
+    if (!win || !dwin || !raw || !dp || !G || !A || !pasted_w || !pasted_g || !gq || !dot || !tl) {
+        free(win), free(dwin), free(raw), free(dp), free(G), free(A), free(pasted_w), free(pasted_g), free(gq), free(dot), free(tl);
+        return 1;
+    }
     for (int y0 = 0; y0 < H; y0 += tile_rows)
         for (int x0 = 0; x0 < W; x0 += tile_cols) {
             const int R = H - y0 < tile_rows ? H - y0 : tile_rows, C = W - x0 < tile_cols ? W - x0 : tile_cols;
@@ -368,4 +381,5 @@ void NAME(image_backward)(const NAME(tile_layout) * L, int H, int W, int tile_ro
             }
         }
     free(win), free(dwin), free(raw), free(dp), free(G), free(A), free(pasted_w), free(pasted_g), free(gq), free(dot), free(tl);
+    return 0;
 }
