@@ -91,7 +91,7 @@ class OpConfig:
 #: n_feats is 32; the fast-* models run the panet widths, n_feats 64, at half resolution).
 OP_CONFIGS = {"panet": OpConfig("panet", CHANNELS), "tiny": OpConfig("tiny", 32)}
 
-IMPLEMENTATIONS = ("reference", "torch", "sdpa", "sdpa_pad", "triton")
+IMPLEMENTATIONS = ("reference", "torch", "cpu_fused", "sdpa", "sdpa_pad", "triton")
 KINDS = ("op", "block")
 DTYPES = {
     "float32": torch.float32,
@@ -165,6 +165,16 @@ class Case:
 def triton_available(device: str) -> bool:
     """True when the library's "triton" backend imported and ``device`` is a usable CUDA device."""
     return device == "cuda" and torch.cuda.is_available() and "triton" in available_backends()
+
+
+def unavailable(impl: str, device: str) -> str | None:
+    """Why ``impl`` cannot be benchmarked on ``device`` here (a library backend this machine lacks,
+    or one for the other device), or None."""
+    if impl == "triton" and not triton_available(device):
+        return "triton: benchmarked on CUDA only, with the 'triton' backend registered"
+    if impl == "cpu_fused" and (device != "cpu" or "cpu_fused" not in available_backends()):
+        return "cpu_fused: CPU tensors only, with a C compiler to build the kernel"
+    return None
 
 
 def op_function(impl: str) -> Callable[..., torch.Tensor]:
@@ -336,7 +346,8 @@ class ModelCase:
 
     @property
     def name(self) -> str:
-        return f"{self.kind}-{self.model}-{self.size}px-b{self.batch}-{self.device}"
+        backend = "" if self.backend == "auto" else f"-{self.backend}"
+        return f"{self.kind}-{self.model}-{self.size}px-b{self.batch}-{self.device}{backend}"
 
     @property
     def scale(self) -> int:

@@ -18,6 +18,7 @@ import contextlib
 import datetime
 import gc
 import importlib
+import itertools
 import json
 import math
 import os
@@ -56,7 +57,7 @@ from harness import (
     time_runs,
     tiny_models,
     training_defaults,
-    triton_available,
+    unavailable,
 )
 from memory import estimated_peak_bytes, measure_case_memory, measure_cuda_memory
 
@@ -166,6 +167,13 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="NAME",
         help="train_step/restore models (default: every registered tiny-* and fast-* model)",
     )
+    p.add_argument(
+        "--model-backends",
+        nargs="+",
+        default=["auto"],
+        metavar="BACKEND",
+        help="train_step/restore: time every model with each of these attention backends (default: auto)",
+    )
     p.add_argument("--patch", type=int, default=None, help="train_step patch side, input px (default: TrainConfig's)")
     p.add_argument("--batch", type=int, default=None, help="train_step batch (default: TrainConfig's)")
     p.add_argument(
@@ -210,7 +218,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         gpu_bytes = 0 if args.device == "cpu" else torch.cuda.get_device_properties(0).total_memory
         args.mem_budget_gb = 6.0 if args.device == "cpu" else 0.8 * gpu_bytes / 1e9
     if args.impls is None:
-        args.impls = [i for i in IMPLEMENTATIONS if i != "triton" or triton_available(args.device)]
+        args.impls = [i for i in IMPLEMENTATIONS if unavailable(i, args.device) is None]
     default_patch, default_batch = training_defaults()
     args.patch = args.patch or default_patch
     args.batch = args.batch or default_batch
@@ -273,13 +281,12 @@ def _run_report(args: argparse.Namespace, log) -> tuple[str, dict]:
                 gc.collect()
 
     model_rows = []
-    for kind in model_kinds:
-        for name in args.models:
-            size, batch = (args.patch, args.batch) if kind == "train_step" else (args.restore_size, 1)
-            case = ModelCase(name, kind, size, batch, device)
-            log(f"case {case.name} ...")
-            model_rows.append(_run_model_case(case, args))
-            gc.collect()
+    for kind, name, backend in itertools.product(model_kinds, args.models, args.model_backends):
+        size, batch = (args.patch, args.batch) if kind == "train_step" else (args.restore_size, 1)
+        case = ModelCase(name, kind, size, batch, device, backend)
+        log(f"case {case.name} ...")
+        model_rows.append(_run_model_case(case, args))
+        gc.collect()
 
     load_after = load_average()
     text = _format_report(args, rows, model_rows, matmul, now, (load_before, load_after))
@@ -323,8 +330,8 @@ def _run_model_case(case: ModelCase, args: argparse.Namespace) -> dict:
 
 def _run_case(case: Case, args: argparse.Namespace, budget: int, truth, matmul: float) -> dict:
     row = {"case": asdict(case), "flops": case_flops(case.size, case.backward, case.config), "note": ""}
-    if case.impl == "triton" and not triton_available(case.device):
-        row["note"] = "skipped: triton backend needs CUDA and a registered 'triton' backend"
+    if unavailable(case.impl, case.device):
+        row["note"] = "skipped: " + unavailable(case.impl, case.device)
         return row
     estimate = estimated_peak_bytes(case)
     if estimate > budget:
@@ -416,7 +423,7 @@ def _format_report(
 
 
 def _model_table(args: argparse.Namespace, rows: list[dict]) -> list[str]:
-    header = ("kind", "model", "size", "batch", "time ms", "img/s", "s/Mpx", "note")
+    header = ("kind", "model", "backend", "size", "batch", "time ms", "img/s", "s/Mpx", "note")
     table = [header]
     for row in rows:
         c = row["case"]
@@ -425,6 +432,7 @@ def _model_table(args: argparse.Namespace, rows: list[dict]) -> list[str]:
             (
                 c["kind"],
                 c["model"],
+                c["backend"],
                 str(c["size"]),
                 str(c["batch"]),
                 _fmt(row.get("time") and row["time"] * 1e3, ".1f"),
@@ -433,12 +441,12 @@ def _model_table(args: argparse.Namespace, rows: list[dict]) -> list[str]:
                 row["note"],
             )
         )
-    lines = _table_lines(table, {2, 3, 4, 5, 6})
+    lines = _table_lines(table, {3, 4, 5, 6, 7})
     lines += [
         "",
         f"time: median of >= {args.repeats} calls (more until {args.min_time:g} s; 1 call when the warm-up took "
-        f"> {LONG_CALL_SECONDS:g} s) after one warm-up; float32, backend auto, default-initialised weights, "
-        "inputs uniform in [0, 1].",
+        f"> {LONG_CALL_SECONDS:g} s) after one warm-up; float32, the attention backend as named, "
+        "default-initialised weights, inputs uniform in [0, 1].",
         "train_step: one optimiser step as tri_panet.training.Trainer takes it (zero_grad, forward, F.l1_loss, "
         "backward, Adam.step with TrainConfig's lr and betas; no lr schedule) on a batch of `batch` patches of "
         "size x size input px (default: TrainConfig's patch_size and batch_size; for sr the LR side, target "

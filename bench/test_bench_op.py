@@ -1,7 +1,7 @@
 """pytest-benchmark cases: pyramid attention in the PANet configuration (one image), and
 the functional op in the tiny models' configuration (Cq 16, Cv 32) at 48 and 96 px.
 
-Implementations: naive ``reference``, tiled ``torch`` backend, ``sdpa`` (unfold + SDPA +
+Implementations: naive ``reference``, tiled ``torch`` backend, fused C ``cpu_fused`` (CPU), ``sdpa`` (unfold + SDPA +
 fold, what a PyTorch user would write), ``sdpa_pad`` (the same with q/k zero-padded so
 SDPA's fused kernels qualify) and ``triton`` (CUDA only); as the functional op and as the
 whole ``PyramidAttention`` block; forward and forward+backward. The cases themselves live
@@ -64,8 +64,8 @@ def skip_reason(case: B.Case) -> str | None:
     """Why ``case`` cannot run here, or None."""
     if case.device == "cuda" and not torch.cuda.is_available():
         return "TRI_PANET_BENCH_DEVICE=cuda but no CUDA device is available"
-    if case.impl == "triton" and not B.triton_available(case.device):
-        return "triton: benchmarked on CUDA only, with the 'triton' backend registered"
+    if B.unavailable(case.impl, case.device):
+        return B.unavailable(case.impl, case.device)
     estimate = estimated_peak_bytes(case)
     if estimate > BUDGET_BYTES:
         return (
