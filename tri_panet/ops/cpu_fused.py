@@ -162,6 +162,15 @@ def _kernel(dtype, cq: int, cv: int, name: str):
     return getattr(cpu_build.load(dtype, cq, cv, flags), name + cpu_build.REALS[dtype][1])
 
 
+def _prepare(query, values, patch_size: int, entry: str):
+    """(compute dtype, (Cq, Cv), the padded (Cq, Cv), the kernel's ``entry`` point) of one call."""
+    _check(query, patch_size)
+    dtype = compute_dtype(query.dtype)
+    channels = (query.shape[1], values[0].shape[1])
+    padded = tuple(_round_up(c, CHANNEL_MULTIPLE) for c in channels)
+    return dtype, channels, padded, _kernel(dtype, *padded, entry)
+
+
 def _check(query: torch.Tensor, patch_size: int) -> None:
     if query.device.type != "cpu":
         raise ValueError(f"backend='cpu_fused' runs on CPU tensors, got query on {query.device}")
@@ -201,12 +210,8 @@ def forward(
     query, keys, values, *, patch_size, softmax_scale, key_eps, fold_divisor, tile, chunk_rows, tile_bytes
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(out [B, Cv, H, W] in query's dtype, lse [B, H*W] float32 / float64), as ``torch_tiled.forward``."""
-    _check(query, patch_size)
-    dtype = compute_dtype(query.dtype)
-    batch, cq_in, height, width = query.shape
-    cv_in = values[0].shape[1]
-    cq, cv = _round_up(cq_in, CHANNEL_MULTIPLE), _round_up(cv_in, CHANNEL_MULTIPLE)
-    kernel = _kernel(dtype, cq, cv, "image_forward")
+    dtype, (cq_in, cv_in), (cq, cv), kernel = _prepare(query, values, patch_size, "image_forward")
+    batch, _, height, width = query.shape
     out = torch.zeros(batch, height + 2, width + 2, cv, dtype=dtype)
     lse = torch.empty(batch, height, width, dtype=dtype)
     for b in range(batch):
@@ -226,12 +231,8 @@ def backward(
     tile_bytes,
 ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:  # fmt: skip
     """(grad_query, grad_keys, grad_values) from the saved ``lse``, as ``torch_tiled.backward``."""
-    _check(query, patch_size)
-    dtype = compute_dtype(query.dtype)
-    batch, cq_in, height, width = query.shape
-    cv_in = values[0].shape[1]
-    cq, cv = _round_up(cq_in, CHANNEL_MULTIPLE), _round_up(cv_in, CHANNEL_MULTIPLE)
-    kernel = _kernel(dtype, cq, cv, "image_backward")
+    dtype, (cq_in, cv_in), (cq, cv), kernel = _prepare(query, values, patch_size, "image_backward")
+    batch, _, height, width = query.shape
     grad_query = torch.zeros(batch, height + 2, width + 2, cq, dtype=dtype)
     grad_keys = [torch.zeros_like(k, dtype=dtype) for k in keys]
     grad_values = [torch.zeros_like(v, dtype=dtype) for v in values]
