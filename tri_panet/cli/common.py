@@ -33,6 +33,9 @@ ESTIMATE_NOTICE_SECONDS = 10.0
 #: The flags of degradation options, each applying to some tasks only (Task.options).
 DEGRADATION_OPTIONS = tuple(level.name for level in LEVELS) + ("scale",)
 
+#: --backend's help, for restore / eval and train alike.
+BACKEND_HELP = "attention backend (default: auto; on a CPU, cpu_fused is about 2x faster for the tiny-* models)"
+
 
 class CLIError(Exception):
     """A user error: printed as one line, exit status 2."""
@@ -131,7 +134,7 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--weights", metavar="FILE", help=".safetensors (from tri-panet train) or an official .pth (with --model)"
     )
-    g.add_argument("--backend", default="auto", help="attention backend (default: auto)")
+    g.add_argument("--backend", default="auto", help=BACKEND_HELP)
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     g.add_argument("--dtype", choices=tuple(DTYPES), default="fp32", help="fp16/bf16 autocast (GPU) (default: fp32)")
     add_tiling_flags(g)

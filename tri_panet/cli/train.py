@@ -7,7 +7,7 @@ import argparse
 import json
 
 from ..tasks import LEVELS, SCALES, TASKS
-from .common import CLIError, add_large_images_flag, task_help
+from .common import BACKEND_HELP, CLIError, add_large_images_flag, task_help
 
 #: finetune's default learning rate (train keeps TrainConfig's, 1e-3).
 FINETUNE_LR = 5e-5
@@ -63,7 +63,7 @@ def _add_flags(p: argparse.ArgumentParser, finetune: bool) -> None:
             default=S,
             help="constructor override of a fresh model, e.g. n_feats=16 (repeatable; VALUE is JSON)",
         )
-    g.add_argument("--backend", default=S, help="attention backend (default: auto)")
+    g.add_argument("--backend", default=S, help=BACKEND_HELP)
     g = p.add_argument_group("data")
     g.add_argument("--data", nargs="+", metavar="DIR", default=S, help="folders of clean training images (required)")
     g.add_argument("--val", metavar="DIR", default=S, help="folder of clean validation images")
