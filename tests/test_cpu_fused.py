@@ -76,16 +76,19 @@ def test_gradcheck_float64():
 
 
 @needs_compiler
-@pytest.mark.parametrize("dtype, rel_tol", [(torch.float16, 2e-3), (torch.bfloat16, 5e-2)])
-def test_half_precision_forward_and_backward(dtype, rel_tol):
+@pytest.mark.parametrize("dtype, out_tol, grad_tol", [(torch.float16, 2e-3, 1e-2), (torch.bfloat16, 5e-2, 5e-2)])
+def test_half_precision_forward_and_backward(dtype, out_tol, grad_tol):
+    # Errors relative to each tensor's largest value; the inputs are rounded to dtype too.
     inputs = make_inputs(2, 8, 6, (9, 10), pyramid_sizes(9, 10))
     grad_out = torch.randn(2, 6, 9, 10, generator=torch.Generator().manual_seed(3))
     got = gradients(pyramid_attention_cpu_fused, *cast(inputs, dtype), grad_out.to(dtype))
     expected = _reference_gradients(inputs, grad_out)
-    for g, e in zip([got[0], got[1], *got[2], *got[3]], [expected[0], expected[1], *expected[2], *expected[3]]):
+    tolerances = [out_tol] + [grad_tol] * (1 + 2 * len(inputs[1]))
+    for g, e, tol in zip(
+        [got[0], got[1], *got[2], *got[3]], [expected[0], expected[1], *expected[2], *expected[3]], tolerances
+    ):
         assert g.dtype == dtype
-        # the inputs were rounded to dtype too, so compare with the scale of each tensor
-        assert (g.double() - e).abs().max().item() <= 10 * rel_tol * e.abs().max().item()
+        assert (g.double() - e).abs().max().item() <= tol * e.abs().max().item()
 
 
 @needs_compiler
