@@ -330,8 +330,8 @@ def _run_model_case(case: ModelCase, args: argparse.Namespace) -> dict:
 
 def _run_case(case: Case, args: argparse.Namespace, budget: int, truth, matmul: float) -> dict:
     row = {"case": asdict(case), "flops": case_flops(case.size, case.backward, case.config), "note": ""}
-    if unavailable(case.impl, case.device):
-        row["note"] = "skipped: " + unavailable(case.impl, case.device)
+    if reason := unavailable(case.impl, case.device):
+        row["note"] = "skipped: " + reason
         return row
     estimate = estimated_peak_bytes(case)
     if estimate > budget:

@@ -64,8 +64,8 @@ def skip_reason(case: B.Case) -> str | None:
     """Why ``case`` cannot run here, or None."""
     if case.device == "cuda" and not torch.cuda.is_available():
         return "TRI_PANET_BENCH_DEVICE=cuda but no CUDA device is available"
-    if B.unavailable(case.impl, case.device):
-        return B.unavailable(case.impl, case.device)
+    if reason := B.unavailable(case.impl, case.device):
+        return reason
     estimate = estimated_peak_bytes(case)
     if estimate > BUDGET_BYTES:
         return (

@@ -27,6 +27,13 @@ def check_positive_finite(name: str, value: object) -> float:
     return float(value)
 
 
+def check_positive_int(name: str, value: object) -> int:
+    """Return ``value`` if it is an int >= 1 (not a bool), else raise ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
 def check_patch_size(patch_size: object) -> int:
     """Return ``patch_size`` if it is a positive odd int, else raise."""
     if isinstance(patch_size, bool) or not isinstance(patch_size, int):

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ._checks import check_patch_size, check_positive_finite, check_scales
+from ._checks import check_patch_size, check_positive_finite, check_positive_int, check_scales
 from .ops import pyramid_attention, resolve_backend
 from .resize import bicubic_downscale, level_size
 
@@ -63,9 +63,8 @@ class PyramidAttention(nn.Module):
         backend: str = "auto",
     ) -> None:
         super().__init__()
-        for name, value in (("channels", channels), ("reduction", reduction)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_positive_int("channels", channels)
+        check_positive_int("reduction", reduction)
         if channels % reduction:
             raise ValueError(f"channels ({channels}) must be divisible by reduction ({reduction})")
         if not isinstance(res_scale, (int, float)) or isinstance(res_scale, bool):

@@ -29,6 +29,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
+from .._checks import check_positive_int
 from . import cpu_build
 from .custom_op import define_op
 from .torch_tiled import (
@@ -148,7 +149,7 @@ def _in_bands(height: int, band_fn) -> list:
 def _tile_side(n_slots: int, dtype, tile: int, tile_bytes: int) -> int:
     """The square query tile: at most ``tile``, its BUFFERS score buffers of every thread within ``tile_bytes``."""
     per_thread = tile_bytes // max(1, torch.get_num_threads())
-    fitting = math.isqrt(per_thread // (BUFFERS * torch.finfo(dtype).bits // 8 * n_slots))
+    fitting = math.isqrt(per_thread // (BUFFERS * dtype.itemsize * n_slots))
     return max(1, min(tile, fitting))
 
 
@@ -291,9 +292,8 @@ def pyramid_attention_cpu_fused(
     (default: the torch path's budget, 128 MiB) bounds the score buffers of all threads together.
     Compiles the kernel on first use for these channel counts (cached; see ``cpu_build``).
     """
-    for name, value in (("tile", tile), ("chunk_rows", chunk_rows)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    check_positive_int("tile", tile)
+    check_positive_int("chunk_rows", chunk_rows)
     tile_bytes = current_tile_bytes() if tile_bytes is None else check_tile_bytes(tile_bytes)
     _check(query, patch_size)
     return _OP(
