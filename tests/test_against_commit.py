@@ -14,6 +14,7 @@ from tri_panet.ops.reference import pyramid_attention_reference
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))  # bench/ is scripts, not a package
 import against_commit  # noqa: E402
+import harness  # noqa: E402
 import tree_timer  # noqa: E402
 
 SIZE = 6
@@ -27,6 +28,7 @@ def inputs_file(tmp_path_factory):
 
 
 def test_op_runner_computes_the_op(inputs_file):
+    assert tree_timer.OP_OPTIONS == harness.OP_OPTIONS  # its own copy (it imports nothing from bench/)
     tensors = load_file(str(inputs_file))
     out = tree_timer.op_runner(tensors, SIZE, "torch", backward=False)()
     query, n_levels = tensors[f"query_{SIZE}"], 5
